@@ -1,0 +1,17 @@
+"""Models: one GPT with wiring switches (gpt.py), named presets (variants.py), checkpoints."""
+
+from falstudy.models.variants import VARIANTS, variant_fields
+
+__all__ = ["GPT", "SITES", "VARIANTS", "variant_fields", "build_model", "load_checkpoint"]
+
+
+def __getattr__(name: str):  # torch is imported only when a model is needed
+    if name in ("GPT", "SITES", "block_roles"):
+        from falstudy.models import gpt
+
+        return getattr(gpt, name)
+    if name in ("build_model", "load_checkpoint", "save_checkpoint"):
+        from falstudy.models import checkpoint
+
+        return getattr(checkpoint, name)
+    raise AttributeError(name)

@@ -1,0 +1,57 @@
+"""Checkpoints: model + optimizer + RNG state + the resolved run config, in one file.
+
+Loaded with ``weights_only=True`` (a pickle can run code): the file holds only tensors and
+plain Python values. Written to a temp name and renamed, so a kill never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from falstudy.config import ModelConfig, RunConfig, validate
+from falstudy.errors import FalstudyError
+from falstudy.models.gpt import GPT
+
+
+def build_model(cfg: ModelConfig | RunConfig) -> GPT:
+    return GPT(cfg.model if isinstance(cfg, RunConfig) else cfg)
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():  # a run folder
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise FalstudyError(f"checkpoint {path} not found (train a run first, or pass a run folder)")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated, not a torch file, or holds arbitrary pickles
+        raise FalstudyError(f"checkpoint {path} is corrupt or not a falstudy checkpoint: {str(err).splitlines()[0]}") from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise FalstudyError(f"checkpoint {path} is not a falstudy checkpoint (no model/config entries)")
+    return state
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[GPT, RunConfig]:
+    """The trained model (eval mode) and the run config that produced it."""
+    state = read_checkpoint(path, map_location)
+    cfg = validate(RunConfig, state["config"], f"{path} (config)")
+    model = GPT(cfg.model)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise FalstudyError(f"checkpoint {path} does not match its config: {str(err).splitlines()[0]}") from None
+    return model.to(map_location).eval(), cfg
