@@ -1,0 +1,33 @@
+"""falstudy: architecture ablation studies of transformer blocks, built around FAL.
+
+    import falstudy
+    result = falstudy.train(variant="fal", train__steps=200)
+    df = falstudy.query("results/default", "SELECT * FROM metrics WHERE split = 'val'")
+
+Heavy modules load on first use, so ``import falstudy`` stays cheap.
+"""
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "train": ("falstudy.train", "train"),
+    "RunConfig": ("falstudy.config", "RunConfig"),
+    "ModelConfig": ("falstudy.config", "ModelConfig"),
+    "TrainConfig": ("falstudy.config", "TrainConfig"),
+    "GPT": ("falstudy.models", "GPT"),
+    "VARIANTS": ("falstudy.models", "VARIANTS"),
+    "load_checkpoint": ("falstudy.models", "load_checkpoint"),
+    "prepare": ("falstudy.data", "prepare"),
+    "ingest": ("falstudy.store", "ingest"),
+    "query": ("falstudy.store", "query"),
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'falstudy' has no attribute {name!r}")

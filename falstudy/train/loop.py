@@ -1,0 +1,335 @@
+"""The training loop: AdamW, warmup + cosine, clipping, periodic eval, checkpoint and resume.
+
+Everything a run produces goes to its spool folder ``results/<name>/runs/<run_id>/``:
+``runs.parquet`` (one row, rewritten when the run ends), ``metrics-<step>.parquet`` chunks
+flushed at every eval and checkpoint (a kill loses at most the current interval), and
+``checkpoint.pt``. Resuming the same run_id continues from its checkpoint and rewrites any
+later metric chunks, so the store never holds a step twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from falstudy.config import RunConfig, load_yaml, set_dotted, validate
+from falstudy.errors import FalstudyError
+from falstudy.provenance import now_iso, provenance
+from falstudy.train.meter import ThroughputMeter
+from falstudy.train.schedule import lr_at
+
+# called at each eval with (step, val_loss); returning True stops the run as "pruned"
+EvalCallback = Callable[[int, float], bool]
+# called every ``every`` steps with (model, step, x, y); returns rows for the probes table
+StepHook = tuple[int, Callable[..., list[dict]]]
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    run_dir: Path
+    status: str  # completed | diverged | pruned | failed | killed
+    final_step: int
+    final_val_loss: float | None
+    config: RunConfig
+    metrics: list[dict] = field(default_factory=list, repr=False)
+
+
+def new_run_id(cfg: RunConfig) -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{cfg.variant_name}-s{cfg.seed}-{stamp}-{secrets.token_hex(2)}"
+
+
+def as_run_config(config: RunConfig | dict | str | Path | None, dotted: dict[str, Any] = {}) -> RunConfig:
+    """A RunConfig from a RunConfig, a dict or a YAML path, with dotted-key overrides on top.
+    Fields the user left unset stay unset (the corpus then decides the vocabulary)."""
+    if isinstance(config, RunConfig):
+        data, source = config.model_dump(exclude_unset=True), "config"
+    elif isinstance(config, dict):
+        data, source = copy.deepcopy(config), "config"
+    else:
+        data, source = (load_yaml(config) if config else {}), str(config or "config")
+        if not isinstance(data, dict):
+            raise FalstudyError(f"{source}: expected a mapping of config sections")
+    for key, value in dotted.items():
+        set_dotted(data, key, value)
+    return validate(RunConfig, data, source)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise FalstudyError(f"train.device={name!r} but CUDA is not available here; use device=cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise FalstudyError(f"train.device={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+
+
+def _autocast(cfg: RunConfig, device: torch.device):
+    wanted = cfg.train.autocast
+    if wanted == "bf16" or (wanted == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
+    # weight decay on matrices only (not norms, biases, gates), as in GPT-2/nanoGPT
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    t = cfg.train
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=t.lr,
+        betas=(t.beta1, t.beta2),
+    )
+
+
+def _resolve_vocab(cfg: RunConfig, vocab: int) -> RunConfig:
+    """Take the vocabulary from the corpus unless the user set it; refuse one too small."""
+    if "vocab_size" not in cfg.model.model_fields_set:
+        model = cfg.model.model_copy(update={"vocab_size": vocab})
+        return cfg.model_copy(update={"model": validate(type(cfg.model), model.model_dump(), "model")})
+    if cfg.model.vocab_size < vocab:
+        raise FalstudyError(
+            f"model.vocab_size={cfg.model.vocab_size} is smaller than the corpus vocabulary ({vocab}); "
+            "leave it unset to take the corpus's"
+        )
+    return cfg
+
+
+@torch.no_grad()
+def evaluate(model, batches, device, autocast) -> float:
+    model.eval()
+    total, n = 0.0, 0
+    for x, y in batches:
+        with autocast:
+            _, loss = model(x.to(device), y.to(device))
+        total += loss.item()
+        n += 1
+    model.train()
+    return total / max(n, 1)
+
+
+def train(
+    config: RunConfig | dict | str | Path | None = None,
+    *,
+    quiet: bool = False,
+    resume: bool = True,
+    ingest: bool = True,
+    on_eval: EvalCallback | None = None,
+    hooks: list[StepHook] = (),
+    **overrides: Any,
+) -> RunResult:
+    """Train one run. ``config`` is a RunConfig, a dict, or a YAML path; ``overrides`` use dotted
+    keys with ``__`` for dots, e.g. ``train(variant="fal", train__steps=200)``."""
+    from falstudy.data import TokenShards
+    from falstudy.models import GPT
+    from falstudy.models.checkpoint import read_checkpoint, save_checkpoint
+    from falstudy.store import RunSpool
+
+    cfg = as_run_config(config, {k.replace("__", "."): v for k, v in overrides.items()})
+
+    t = cfg.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    device = resolve_device(t.device)
+    train_data = TokenShards(cfg.data.path, "train")
+    val_data = TokenShards(cfg.data.path, "val")
+    cfg = _resolve_vocab(cfg, train_data.vocab_size)
+    seq_len = t.seq_len or cfg.model.block_size
+    if seq_len > cfg.model.block_size:
+        raise FalstudyError(f"train.seq_len={seq_len} exceeds model.block_size={cfg.model.block_size}")
+    if cfg.run_id is None:
+        cfg = cfg.model_copy(update={"run_id": new_run_id(cfg)})
+    results_dir = Path(cfg.results_dir) / cfg.name
+    run_dir = results_dir / "runs" / cfg.run_id
+    spool = RunSpool(run_dir)
+    ckpt_path = run_dir / "checkpoint.pt"
+
+    torch.manual_seed(cfg.seed)
+    model = GPT(cfg.model).to(device)
+    optimizer = _optimizer(model, cfg)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)  # data order
+    start_step = 0
+    if resume and ckpt_path.exists():
+        state = read_checkpoint(ckpt_path, map_location=device)
+        if state["config"]["model"] != cfg.model.model_dump(mode="json"):
+            raise FalstudyError(f"{ckpt_path} was trained with another model config; use a new run_id")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        gen.set_state(state["data_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        start_step = state["step"]
+        _drop_metric_chunks_after(run_dir, start_step)
+
+    run_row = {
+        "run_id": cfg.run_id,
+        "name": cfg.name,
+        "variant": cfg.variant_name,
+        "wiring": cfg.model.wiring,
+        "seed": cfg.seed,
+        "n_layer": cfg.model.n_layer,
+        "n_head": cfg.model.n_head,
+        "n_embd": cfg.model.n_embd,
+        "norm": cfg.model.norm,
+        "mlp": cfg.model.mlp,
+        "pos": cfg.model.pos,
+        "lr": t.lr,
+        "batch_size": t.batch_size,
+        "seq_len": seq_len,
+        "steps": t.steps,
+        "device": str(device),
+        "n_params": model.num_params(),
+        "data_path": cfg.data.path,
+        "config_json": cfg.to_json(),
+        "started_at": now_iso(),
+        **_provenance_columns(),
+    }
+    spool.write_table("runs", [{**run_row, "status": "running", "final_step": start_step}])
+
+    autocast = _autocast(cfg, device)
+    tokens_per_step = t.batch_size * seq_len
+    meter = ThroughputMeter()
+    metrics: list[dict] = []  # all rows, for the caller
+    pending: list[dict] = []  # rows not yet flushed
+    t_start = time.perf_counter()
+
+    def record(step: int, split: str, **values: float) -> None:
+        for name, value in values.items():
+            row = {
+                "run_id": cfg.run_id,
+                "step": step,
+                "split": split,
+                "name": name,
+                "value": float(value),
+                "tokens": step * tokens_per_step,
+                "elapsed_s": time.perf_counter() - t_start,
+            }
+            pending.append(row)
+            metrics.append(row)
+
+    def flush(step: int) -> None:
+        if pending:
+            spool.write_table("metrics", pending, part=step)
+            pending.clear()
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(
+            ckpt_path,
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "step": step,
+                "config": cfg.model_dump(mode="json"),
+                "data_rng": gen.get_state(),
+                "torch_rng": torch.get_rng_state(),
+            },
+        )
+
+    def run_eval(step: int) -> float:
+        val = evaluate(model, val_data.eval_batches(t.batch_size, seq_len, t.eval_batches), device, autocast)
+        record(step, "val", loss=val, ppl=math.exp(min(val, 50)))
+        return val
+
+    status, error, val_loss, step = "completed", None, None, start_step
+    bar = _progress(t.steps, start_step, quiet, cfg.run_id)
+    try:
+        model.train()
+        if start_step == 0:
+            val_loss = run_eval(0)
+        for step in range(start_step + 1, t.steps + 1):
+            lr = lr_at(step - 1, t)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, y = train_data.get_batch(t.batch_size, seq_len, gen, device)
+            with autocast:
+                _, loss = model(x, y)
+            loss.backward()
+            grad_norm = None
+            if t.grad_clip > 0:
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            for every, hook in hooks:
+                if step % every == 0:
+                    spool.write_table("probes", hook(model, step, x, y), part=step)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            meter.update(tokens_per_step)
+
+            if step % t.log_interval == 0 or step == t.steps:
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    status, error = "diverged", f"non-finite training loss ({loss_value}) at step {step}"
+                    record(step, "train", loss=loss_value)
+                    break
+                extra = {"grad_norm": float(grad_norm)} if grad_norm is not None else {}
+                record(step, "train", loss=loss_value, lr=lr, **meter.read(), **extra)
+                bar.set_postfix(loss=f"{loss_value:.3f}", val=f"{val_loss:.3f}" if val_loss else "-")
+            bar.update(1)
+
+            last = step == t.steps
+            if step % t.eval_interval == 0 or last:
+                val_loss = run_eval(step)
+                if not math.isfinite(val_loss):
+                    status, error = "diverged", f"non-finite validation loss at step {step}"
+                    break
+                if on_eval is not None and on_eval(step, val_loss):
+                    status = "pruned"
+                    flush(step)
+                    break
+            if (t.checkpoint_interval and step % t.checkpoint_interval == 0) or last:
+                flush(step)
+                checkpoint(step)
+            elif step % t.eval_interval == 0:
+                flush(step)
+    except KeyboardInterrupt:
+        status, error = "killed", "interrupted"
+        raise
+    except Exception as err:
+        status, error = "failed", f"{type(err).__name__}: {err}"
+        raise
+    finally:
+        bar.close()
+        flush(step)
+        spool.write_table(
+            "runs",
+            [{**run_row, "status": status, "final_step": step, "final_val_loss": val_loss,
+              "error": error, "ended_at": now_iso()}],
+        )
+        if ingest:
+            from falstudy.store import ingest as ingest_results
+
+            ingest_results(results_dir)
+    return RunResult(cfg.run_id, run_dir, status, step, val_loss, cfg, metrics)
+
+
+def _provenance_columns() -> dict[str, Any]:
+    import json
+
+    prov = provenance()
+    versions = prov.pop("versions")
+    return {**prov, "torch_version": versions.get("torch"), "versions_json": json.dumps(versions)}
+
+
+def _drop_metric_chunks_after(run_dir: Path, step: int) -> None:
+    """Metric chunks past the checkpoint are re-run; remove them so no step is stored twice."""
+    for path in run_dir.glob("metrics-*.parquet"):
+        if int(path.stem.split("-")[1]) > step:
+            path.unlink()
+
+
+def _progress(total: int, initial: int, quiet: bool, label: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=quiet, desc=label, unit="step", dynamic_ncols=True)
