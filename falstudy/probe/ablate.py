@@ -1,0 +1,113 @@
+"""Attention removal: the loss when block i's MHA output is replaced, one layer at a time or
+cumulatively (layers 0..i), with zeros or with its mean.
+
+The mean ablation uses the mean MHA output over the tokens of a reference batch (position 0
+excluded, as for CKA): one d-vector per layer, the same at every position. Interventions are
+nnsight edits on the ``blocks.i.attn`` output; the model code is untouched.
+
+Rows: site ``attn_out``, ``layer`` = i, metrics ``<condition>.loss|delta_loss|ppl|delta_ppl``
+with condition ``zero``, ``mean``, ``zero_cumulative``, ``mean_cumulative``; the deltas are
+against the intact model on the same batches.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import torch
+
+from falstudy.errors import FalstudyError
+from falstudy.probe import sites as S
+from falstudy.probe.rows import ppl, row
+
+MODES = ("zero", "mean")
+SCHEMES = ("single", "cumulative")
+
+
+def attention_means(model, ref: torch.Tensor, *, nm=None, exclude_first: bool = True) -> dict[int, torch.Tensor]:
+    """Mean MHA output (d,) per layer over the tokens of a reference batch ``ref`` (B, T)."""
+    nm = nm if nm is not None else S.wrap(model)
+    attn = S.layer_sites(model, "attn_out")
+    plan = S.make_plan(S.forward_order(model), attn)
+    with torch.no_grad():
+        env, _ = S.trace(nm, ref, None, plan)
+    start = 1 if exclude_first and ref.shape[1] > 1 else 0
+    return {s.layer: env[s][:, start:].mean(dim=(0, 1)) for s in attn}
+
+
+def ablation_edits(layers: Iterable[int], mode: str, means: Mapping[int, torch.Tensor] | None = None) -> list[S.Edit]:
+    """Edits that replace the MHA output of each listed layer with zeros or its mean."""
+    if mode not in MODES:
+        raise FalstudyError(f"unknown ablation mode {mode!r}; known: {', '.join(MODES)}")
+    if mode == "mean" and means is None:
+        raise ValueError("mean ablation needs the layer means (attention_means)")
+    edits = []
+    for i in layers:
+        if mode == "zero":
+            fn = lambda v, env: torch.zeros_like(v)  # noqa: E731
+        else:
+            fn = lambda v, env, m=means[i]: m.to(v.dtype).expand_as(v).clone()  # noqa: E731
+        edits.append(S.Edit(S.Site("attn_out", i), fn))
+    return edits
+
+
+def attention_removal(
+    model,
+    batches,
+    *,
+    modes: Iterable[str] = MODES,
+    schemes: Iterable[str] = SCHEMES,
+    ref: torch.Tensor | None = None,
+    nm=None,
+    progress=None,
+) -> list[dict]:
+    """Δ loss and Δ perplexity of every attention-removal condition vs the intact model.
+    ``ref`` (B, T) token ids for the mean ablation; default: the first batch's inputs."""
+    batches = list(batches)
+    modes, schemes = list(modes), list(schemes)
+    for s in schemes:
+        if s not in SCHEMES:
+            raise FalstudyError(f"unknown ablation scheme {s!r}; known: {', '.join(SCHEMES)}")
+    nm = nm if nm is not None else S.wrap(model)
+    order = S.forward_order(model)
+    layers = [s.layer for s in S.layer_sites(model, "attn_out")]
+    if not layers:
+        return []
+    means = attention_means(model, batches[0][0] if ref is None else ref, nm=nm) if "mean" in modes else None
+
+    # condition name -> layers ablated, keyed by the reported layer
+    conditions: dict[tuple[str, int], tuple[str, list[int]]] = {}
+    for mode in modes:
+        for scheme in schemes:
+            for k, i in enumerate(layers):
+                name = mode if scheme == "single" else f"{mode}_cumulative"
+                conditions[(name, i)] = (mode, [i] if scheme == "single" else layers[: k + 1])
+
+    totals = {key: 0.0 for key in conditions}
+    intact = 0.0
+    with torch.no_grad():
+        for x, y in batches:
+            _, loss = S.trace(nm, x, y, S.make_plan(order, []))
+            intact += float(loss)
+            done: dict[tuple[str, tuple[int, ...]], float] = {}  # cumulative over layer 0 == single
+            for key, (mode, abl) in conditions.items():
+                memo = (mode, tuple(abl))
+                if memo not in done:
+                    plan = S.make_plan(order, [], ablation_edits(abl, mode, means))
+                    done[memo] = float(S.trace(nm, x, y, plan)[1])
+                totals[key] += done[memo]
+            if progress:
+                progress(1)
+    n = len(batches)
+    base = intact / n
+    rows = []
+    for (name, i), total in totals.items():
+        loss = total / n
+        extra = dict(layers=conditions[(name, i)][1], intact_loss=base, n_batches=n, n_tokens=n * batches[0][0].numel())
+        rows += [
+            row("attn_removal", "attn_out", i, f"{name}.loss", loss, **extra),
+            row("attn_removal", "attn_out", i, f"{name}.delta_loss", loss - base, **extra),
+            row("attn_removal", "attn_out", i, f"{name}.ppl", ppl(loss), **extra),
+            row("attn_removal", "attn_out", i, f"{name}.delta_ppl", ppl(loss) - ppl(base), **extra),
+        ]
+    return rows

@@ -1,0 +1,182 @@
+"""Attention removal and connection bypass: the edits do what their equations say."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from falstudy.config import ModelConfig
+from falstudy.models.gpt import GPT
+from falstudy.probe import sites as S
+from falstudy.probe.ablate import ablation_edits, attention_means, attention_removal
+from falstudy.probe.bypass import bypass_probe
+
+TINY = dict(n_layer=3, n_head=4, n_embd=32, block_size=16, vocab_size=48)
+
+
+def tiny(wiring: str = "baseline", perturb: bool = True, **fields) -> GPT:
+    """Random weights large enough that every sublayer visibly matters."""
+    torch.manual_seed(0)
+    m = GPT(ModelConfig(**{**TINY, "wiring": wiring, **fields})).eval()
+    if perturb:
+        with torch.no_grad():
+            for name, p in m.named_parameters():
+                if p.dim() >= 2:
+                    p.normal_(0, 0.3)
+                else:
+                    p.copy_(torch.randn_like(p) * 0.3 + (1.0 if name.endswith("weight") else 0.0))
+    return m
+
+
+def batches(n: int = 2, b: int = 4, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randint(0, 48, (b, 16), generator=g), torch.randint(0, 48, (b, 16), generator=g)) for _ in range(n)]
+
+
+def pick(rows, metric, layer=None, site=None, layer_b=None):
+    out = [
+        r["value"]
+        for r in rows
+        if r["metric"] == metric
+        and (layer is None or r["layer"] == layer)
+        and (site is None or r["site"] == site)
+        and (layer_b is None or r["layer_b"] == layer_b)
+    ]
+    assert len(out) == 1, (metric, layer, site, layer_b, len(out))
+    return out[0]
+
+
+# --- attention removal ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("wiring", ["baseline", "parallel", "fal"])
+@pytest.mark.parametrize("layer", [0, 1, 2])
+def test_zero_ablation_changes_activations_only_from_its_layer_on(wiring, layer):
+    m = tiny(wiring)
+    nm, order = S.wrap(m), S.forward_order(m)
+    x, _ = batches(1)[0]
+    sites = [S.Site(k, i) for i in range(3) for k in ("resid_pre", "resid_mid", "resid_post")]
+    with torch.no_grad():
+        intact, _ = S.trace(nm, x, None, S.make_plan(order, sites))
+        ablated, _ = S.trace(nm, x, None, S.make_plan(order, sites, ablation_edits([layer], "zero")))
+    for s in sites:
+        same = torch.equal(intact[s], ablated[s])
+        changed_expected = s.layer > layer or (s.layer == layer and s.kind != "resid_pre")
+        assert same != changed_expected, f"{s} {'unchanged' if same else 'changed'} after ablating layer {layer}"
+
+
+def test_mean_ablation_writes_the_reference_mean_at_every_position():
+    m = tiny()
+    nm, order = S.wrap(m), S.forward_order(m)
+    ref = batches(1, seed=5)[0][0]
+    means = attention_means(m, ref, nm=nm)
+    with torch.no_grad():
+        plain, _ = S.trace(nm, ref, None, S.make_plan(order, [S.Site("attn_out", 1)]))
+        env, _ = S.trace(nm, batches(1)[0][0], None, S.make_plan(order, [], ablation_edits([1], "mean", means)))
+    assert torch.allclose(means[1], plain[S.Site("attn_out", 1)][:, 1:].mean((0, 1)))
+    got = env[S.Site("attn_out", 1)]
+    assert torch.equal(got, means[1].expand_as(got))
+
+
+def test_attention_removal_rows_and_cumulative_consistency():
+    m = tiny()
+    rows = attention_removal(m, batches())
+    assert {r["site"] for r in rows} == {"attn_out"}
+    assert len(rows) == 2 * 2 * 3 * 4  # modes x schemes x layers x (loss, delta_loss, ppl, delta_ppl)
+    # cumulative removal of layers 0..0 is single removal of layer 0
+    assert pick(rows, "zero_cumulative.loss", 0) == pick(rows, "zero.loss", 0)
+    # removing attention everywhere hurts these weights more than nothing
+    assert pick(rows, "zero_cumulative.delta_loss", 2) != 0
+    assert json.loads(rows[-1]["extra_json"])["layers"] == [0, 1, 2]
+    # by hand: zero attention of layer 1 in a baseline model
+    x, y = batches()[0]
+    with torch.no_grad():
+        h = m.wte(x) + m.wpe(torch.arange(16))
+        for i, b in enumerate(m.blocks):
+            if i == 1:
+                h = h + b.mlp(b.ln_2(h))
+            else:
+                h, _ = b(h)
+        manual = F.cross_entropy(m.lm_head(m.ln_f(h)).flatten(0, 1), y.flatten())
+    one = attention_removal(m, [(x, y)], modes=["zero"], schemes=["single"])
+    assert pick(one, "zero.loss", 1) == pytest.approx(float(manual), abs=1e-5)
+
+
+def test_attention_removal_skips_blocks_without_attention():
+    rows = attention_removal(tiny("no_attn", ablate_layers=[1]), batches(1), modes=["zero"], schemes=["single"])
+    assert sorted({r["layer"] for r in rows}) == [0, 2]
+    assert attention_removal(tiny("no_attn"), batches(1)) == []
+
+
+# --- bypass and substitution ------------------------------------------------------------------
+
+
+def test_bypass_on_parallel_changes_nothing():
+    rows = bypass_probe(tiny("parallel"), batches(), kinds=["bypass"])
+    for layer in (0, 1, 2):
+        assert pick(rows, "bypass.delta_loss", layer) == pytest.approx(0.0, abs=1e-6)
+    assert pick(rows, "bypass_all.delta_loss", 0) == pytest.approx(0.0, abs=1e-6)
+    sims = [r for r in rows if r["metric"].endswith((".cka", ".rel_l2"))]
+    assert sims and all(
+        r["value"] == pytest.approx(1.0 if r["metric"].endswith("cka") else 0.0, abs=1e-6) for r in sims
+    )
+
+
+def test_bypass_on_baseline_changes_the_loss_and_matches_the_equation():
+    m = tiny("baseline")
+    data = batches()
+    rows = bypass_probe(m, data, kinds=["bypass"])
+    assert all(abs(pick(rows, "bypass.delta_loss", i)) > 1e-4 for i in range(3))
+    # the MLP input at the intervened layer itself moves, and everything after it
+    assert pick(rows, "bypass.rel_l2", 1, "mlp_in", 1) > 0.01
+    assert pick(rows, "bypass.rel_l2", 1, "resid_post", 2) > 0.01
+    assert not any(r["layer_b"] == 0 and r["layer"] == 1 for r in rows)  # only later layers compared
+    # by hand: block 1's MLP reads LN2(x_1) instead of LN2(x_1 + a_1)
+    total = 0.0
+    with torch.no_grad():
+        for x, y in data:
+            h = m.wte(x) + m.wpe(torch.arange(16))
+            for i, b in enumerate(m.blocks):
+                if i == 1:
+                    h = h + b.attn(b.ln_1(h)) + b.mlp(b.ln_2(h))
+                else:
+                    h, _ = b(h)
+            total += float(F.cross_entropy(m.lm_head(m.ln_f(h)).flatten(0, 1), y.flatten()))
+    assert pick(rows, "bypass.loss", 1) == pytest.approx(total / len(data), abs=1e-5)
+
+
+def test_substitutions_follow_their_equations():
+    m = tiny("baseline")
+    x, y = batches(1)[0]
+    rows = bypass_probe(m, [(x, y)], kinds=["ln_plus_norm", "ln_sum"], scopes=["single"])
+    with torch.no_grad():
+        h = m.wte(x) + m.wpe(torch.arange(16))
+        a0 = m.blocks[0].attn(m.blocks[0].ln_1(h))
+        out = {}
+        for kind in ("ln_plus_norm", "ln_sum"):
+            z = h
+            for i, b in enumerate(m.blocks):
+                if i == 2:
+                    a = b.attn(b.ln_1(z))
+                    mlp_in = b.ln_2(z) + F.layer_norm(a0, (32,)) if kind == "ln_plus_norm" else b.ln_2(z + a0)
+                    z = z + a + b.mlp(mlp_in)
+                else:
+                    z, _ = b(z)
+            out[kind] = float(F.cross_entropy(m.lm_head(m.ln_f(z)).flatten(0, 1), y.flatten()))
+    assert pick(rows, "ln_plus_norm.loss", 2) == pytest.approx(out["ln_plus_norm"], abs=1e-5)
+    assert pick(rows, "ln_sum.loss", 2) == pytest.approx(out["ln_sum"], abs=1e-5)
+    assert not any(r["layer"] == 0 for r in rows)  # block 0 supplies a_0: never substituted
+
+
+def test_fal_model_already_reads_ln_plus_plain_norm_of_a0():
+    # a fresh fal model's N_f is a LayerNorm with unit scale and zero shift: the parameter-free N
+    rows = bypass_probe(tiny("fal", perturb=False), batches(), kinds=["ln_plus_norm"])
+    assert pick(rows, "ln_plus_norm_all.delta_loss", 1) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_bypass_skips_what_a_wiring_lacks():
+    assert bypass_probe(tiny("no_attn"), batches(1)) == []
+    rows = bypass_probe(tiny("no_mlp", ablate_layers=[2]), batches(1), kinds=["bypass"], scopes=["single"])
+    assert sorted({r["layer"] for r in rows if r["site"] == "mlp"}) == [0, 1]
+    assert not any(r["site"] == "mlp_in" and r["layer_b"] == 2 for r in rows)
