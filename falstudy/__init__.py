@@ -20,6 +20,8 @@ _LAZY = {
     "prepare": ("falstudy.data", "prepare"),
     "ingest": ("falstudy.store", "ingest"),
     "query": ("falstudy.store", "query"),
+    "spool_query": ("falstudy.store", "spool_query"),
+    "load_table": ("falstudy.store", "load_table"),
 }
 __all__ = sorted(_LAZY)
 

@@ -89,6 +89,7 @@ def train(
         if value is not None:
             dotted[key] = value
     cfg = as_run_config(config, dotted)
+    _sigterm_interrupts()
     result = run_training(cfg, quiet=quiet, resume=not no_resume, ingest=not no_ingest)
     val = f"{result.final_val_loss:.4f}" if result.final_val_loss is not None else "n/a"
     typer.echo(f"{result.run_id}: {result.status} at step {result.final_step}, val loss {val} -> {result.run_dir}")
@@ -126,12 +127,14 @@ def sql(
     csv: Annotated[bool, typer.Option("--csv", help="same as --format csv")] = False,
     json: Annotated[bool, typer.Option("--json", help="same as --format json")] = False,
     max_rows: Annotated[int, typer.Option(help="rows shown in table format")] = 200,
+    spool: Annotated[bool, typer.Option("--spool", help="query the Parquet spool directly (works while a sweep is writing)")] = False,
 ) -> None:
     """Query the results store, e.g. falstudy sql "SELECT variant, avg(final_val_loss) FROM runs GROUP BY 1"."""
     from falstudy.store import query as run_query
+    from falstudy.store import spool_query
 
     fmt = Format.csv if csv else Format.json if json else fmt
-    df = run_query(results or _latest_results(), query)
+    df = (spool_query if spool else run_query)(results or _latest_results(spool), query)
     if fmt is Format.csv:
         typer.echo(df.to_csv(index=False), nl=False)
     elif fmt is Format.json:
@@ -140,8 +143,20 @@ def sql(
         _print_table(df, max_rows)
 
 
-def _latest_results() -> Path:
-    dbs = sorted(Path("results").glob("*/falstudy.duckdb"), key=lambda p: p.stat().st_mtime)
+def _sigterm_interrupts() -> None:
+    """SIGTERM (a sweep cancelling a trial, a scheduler) ends a run like Ctrl-C: status killed,
+    pending metrics flushed."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _latest_results(spool: bool = False) -> Path:
+    pattern = "*/runs" if spool else "*/falstudy.duckdb"
+    dbs = sorted(Path("results").glob(pattern), key=lambda p: p.stat().st_mtime)
     if not dbs:
         raise FalstudyError("no results store under ./results; pass --results DIR or train/sweep first")
     return dbs[-1].parent

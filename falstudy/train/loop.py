@@ -14,6 +14,7 @@ import copy
 import math
 import secrets
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -308,10 +309,18 @@ def train(
               "error": error, "ended_at": now_iso()}],
         )
         if ingest:
-            from falstudy.store import ingest as ingest_results
-
-            ingest_results(results_dir)
+            _ingest_quietly(results_dir)
     return RunResult(cfg.run_id, run_dir, status, step, val_loss, cfg, metrics)
+
+
+def _ingest_quietly(results_dir: Path) -> None:
+    """A run's data is safe in the spool; a store held open elsewhere must not fail the run."""
+    from falstudy.store import ingest as ingest_results
+
+    try:
+        ingest_results(results_dir)
+    except FalstudyError as err:
+        warnings.warn(f"results kept in the spool, not ingested ({err}); run `falstudy ingest {results_dir}` later")
 
 
 def _provenance_columns() -> dict[str, Any]:
