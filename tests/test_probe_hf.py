@@ -45,6 +45,9 @@ def test_other_wirings_load_the_same_weights(gpt2_dir):
     x = torch.randint(0, 101, (1, 8))
     with torch.no_grad():
         assert not torch.allclose(par(x)[0], base(x)[0])
+    fal, cfg = load_gpt2(path, wiring="fal")  # FAL's substitute norm is new: it keeps its init
+    torch.testing.assert_close(fal.blocks[1].mlp.fc2.weight, base.blocks[1].mlp.fc2.weight)
+    assert torch.equal(fal.blocks[0].fal_norm.weight, torch.ones(32))
 
 
 def test_probes_run_on_a_gpt2_folder(gpt2_dir):

@@ -172,3 +172,26 @@ def test_checkpoint_that_does_not_match_its_config(tmp_path):
         run_probes(tmp_path, "cka", data=tokens(), quiet=True)
     with pytest.raises(FalstudyError, match="not found"):
         run_probes(tmp_path / "nowhere", "cka", data=tokens(), quiet=True)
+
+
+def test_data_comes_from_the_runs_prepared_corpus(tmp_path):
+    from falstudy.data.shards import write_split
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    ids = torch.randint(0, 48, (3000,), generator=torch.Generator().manual_seed(0)).numpy()
+    n_train = write_split(corpus, "train", ids[:2000], "uint16")
+    n_val = write_split(corpus, "val", ids[2000:], "uint16")
+    (corpus / "meta.json").write_text(json.dumps({"vocab_size": 48, "dtype": "uint16", "n_train": n_train, "n_val": n_val}))
+    cfg = RunConfig(name="g", run_id="r", model=TINY, data={"path": str(corpus)})
+    run_dir = tmp_path / "runs" / "r"
+    save_checkpoint(run_dir / "checkpoint.pt", {"model": tiny().state_dict(), "config": cfg.model_dump(mode="json")})
+    df = run_probes(run_dir, "attn_removal,cka", tokens=100, batch_size=4, seq_len=16, quiet=True)
+    extra = json.loads(df[df["probe"] == "attn_removal"]["extra_json"].iloc[0])
+    assert extra["n_tokens"] == 2 * 4 * 16  # ceil(100 / 16) = 7 sequences, rounded up to 2 batches of 4
+    assert json.loads(df[df["probe"] == "cka"]["extra_json"].iloc[0])["n_samples"] == 8 * 15
+    assert (run_dir / "probes-cka.parquet").exists()  # no step in this checkpoint
+    meta = json.loads((corpus / "meta.json").read_text())
+    (corpus / "meta.json").write_text(json.dumps({**meta, "vocab_size": 100}))  # a corpus the model cannot read
+    with pytest.raises(FalstudyError, match="vocabulary 100 > the model's 48"):
+        run_probes(run_dir, "cka", data=corpus, quiet=True, out=False)
