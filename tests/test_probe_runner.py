@@ -195,3 +195,35 @@ def test_data_comes_from_the_runs_prepared_corpus(tmp_path):
     (corpus / "meta.json").write_text(json.dumps({**meta, "vocab_size": 100}))  # a corpus the model cannot read
     with pytest.raises(FalstudyError, match="vocabulary 100 > the model's 48"):
         run_probes(run_dir, "cka", data=corpus, quiet=True, out=False)
+
+
+def test_trainer_hook_and_checkpoint_probes_end_to_end(tmp_path):
+    import falstudy
+    from falstudy.data.shards import write_split
+    from falstudy.probe import GradientHook
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    ids = torch.randint(0, 48, (3000,), generator=torch.Generator().manual_seed(0)).numpy()
+    n_train, n_val = write_split(corpus, "train", ids[:2000], "uint16"), write_split(corpus, "val", ids[2000:], "uint16")
+    (corpus / "meta.json").write_text(json.dumps({"vocab_size": 48, "dtype": "uint16", "n_train": n_train, "n_val": n_val}))
+    config = {
+        "name": "h",
+        "run_id": "r1",
+        "results_dir": str(tmp_path / "results"),
+        "data": {"path": str(corpus)},
+        "model": {"n_layer": 2, "n_head": 4, "n_embd": 32, "block_size": 16},
+        "train": {"steps": 4, "batch_size": 4, "eval_interval": 4, "eval_batches": 1, "warmup_steps": 1},
+    }
+    result = falstudy.train(config, quiet=True, hooks=[(2, GradientHook("r1"))])
+    assert result.status == "completed"
+    # probe the checkpoint with the run's own corpus (data=None)
+    run_probes(result.run_dir, "cka,logit_lens", tokens=128, batch_size=4, quiet=True)
+    assert (result.run_dir / "probes-cka-step000004.parquet").exists()
+    group = tmp_path / "results" / "h"
+    falstudy.ingest(group)
+    grads = falstudy.query(group, "SELECT step, layer FROM probes WHERE probe = 'grads' AND site = 'attn_out' "
+                                  "AND metric = 'grad_norm' ORDER BY step, layer")
+    assert grads.values.tolist() == [[2, 0], [2, 1], [4, 0], [4, 1]]
+    lens = falstudy.query(group, "SELECT count(*) AS n, min(step) AS s FROM probes WHERE probe = 'logit_lens'")
+    assert lens["n"][0] == 2 * 3 * 2 and lens["s"][0] == 4
