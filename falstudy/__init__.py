@@ -18,6 +18,7 @@ _LAZY = {
     "VARIANTS": ("falstudy.models", "VARIANTS"),
     "load_checkpoint": ("falstudy.models", "load_checkpoint"),
     "prepare": ("falstudy.data", "prepare"),
+    "run_probes": ("falstudy.probe", "run_probes"),
     "ingest": ("falstudy.store", "ingest"),
     "query": ("falstudy.store", "query"),
     "spool_query": ("falstudy.store", "spool_query"),

@@ -98,6 +98,40 @@ def train(
 
 
 @app.command()
+def probe(
+    run: Annotated[Path, typer.Argument(help="a run folder (results/<name>/runs/<id>), a checkpoint file, or a local GPT-2 Hugging Face folder")],
+    probes: Annotated[str, typer.Option(help="comma-separated: cka, grads, attn_removal, bypass, linear, logit_lens, or all")] = "all",
+    tokens: Annotated[int, typer.Option(help="token budget (sequences x length) per probe")] = 8192,
+    batch_size: Annotated[int, typer.Option(help="sequences per forward")] = 8,
+    seq_len: Annotated[Optional[int], typer.Option(help="sequence length (default: the model's block_size)")] = None,
+    data: Annotated[Optional[str], typer.Option(help="corpus folder (default: the run's data.path)")] = None,
+    split: Annotated[str, typer.Option(help="corpus split to probe on")] = "val",
+    pair: Annotated[list[str], typer.Option("--pair", help="extra CKA site pair SITE_A,SITE_B, e.g. blocks.0.attn,blocks.3.mlp.input (repeatable)")] = [],
+    device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N")] = "cpu",
+    no_write: Annotated[bool, typer.Option("--no-write", help="print only; write nothing to the run's spool")] = False,
+    no_ingest: Annotated[bool, typer.Option("--no-ingest", help="leave the probe rows in the spool")] = False,
+    quiet: Annotated[bool, QUIET] = False,
+) -> None:
+    """Probe a trained model with nnsight (CKA, gradients, attention removal, bypass, linear probes, logit lens)."""
+    from falstudy.probe import run_probes
+
+    pairs = []
+    for text in pair:
+        sites = tuple(s.strip() for s in text.split(","))
+        if len(sites) != 2:
+            raise FalstudyError(f"--pair {text!r}: give two sites separated by a comma")
+        pairs.append(sites)
+    df = run_probes(run, probes, tokens, batch_size, out=False if no_write else None, seq_len=seq_len,
+                    data=data, split=split, cka_pairs=pairs, device=device, quiet=quiet)
+    if not no_write and not no_ingest and run.is_dir() and run.parent.name == "runs":
+        from falstudy.store import ingest as ingest_results
+
+        ingest_results(run.parent.parent)
+    counts = df.groupby("probe").size() if len(df) else {}
+    typer.echo(", ".join(f"{p}: {n} rows" for p, n in counts.items()) or "no rows")
+
+
+@app.command()
 def variants() -> None:
     """List the named variant presets and what each sets."""
     from falstudy.models.variants import VARIANTS

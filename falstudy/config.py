@@ -117,6 +117,7 @@ class TrainConfig(_Strict):
     eval_batches: int = Field(8, ge=1)
     log_interval: int = Field(10, ge=1)
     checkpoint_interval: int = Field(100, ge=0, description="0 = only at the end")
+    grad_probe_every: int = Field(0, ge=0, description="record per-layer gradient norms every N steps (0 = off)")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     autocast: Literal["auto", "bf16", "none"] = Field("auto", description="auto = bf16 on CUDA, none on CPU")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's)")

@@ -141,6 +141,11 @@ def train(
     from falstudy.store import RunSpool
 
     cfg = as_run_config(config, {k.replace("__", "."): v for k, v in overrides.items()})
+    hooks = list(hooks)
+    if cfg.train.grad_probe_every:
+        from falstudy.probe.grads import GradientHook
+
+        hooks.append((cfg.train.grad_probe_every, GradientHook()))
 
     t = cfg.train
     if t.threads:
@@ -263,7 +268,8 @@ def train(
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
             for every, hook in hooks:
                 if step % every == 0:
-                    spool.write_table("probes", hook(model, step, x, y), part=step)
+                    rows = [{**r, "run_id": r.get("run_id") or cfg.run_id} for r in hook(model, step, x, y)]
+                    spool.write_table("probes", rows, part=f"{type(hook).__name__.lower()}-step{step:06d}")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             meter.update(tokens_per_step)
