@@ -39,7 +39,10 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated, not a torch file, or holds arbitrary pickles
-        raise FalstudyError(f"checkpoint {path} is corrupt or not a falstudy checkpoint: {str(err).splitlines()[0]}") from None
+        raise FalstudyError(
+            f"checkpoint {path} is corrupt or not a falstudy checkpoint ({type(err).__name__}); "
+            "retrain the run or pass another file"
+        ) from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise FalstudyError(f"checkpoint {path} is not a falstudy checkpoint (no model/config entries)")
     return state
