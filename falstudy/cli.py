@@ -212,6 +212,7 @@ def _print_table(df, max_rows: int) -> None:
         console.print(f"... {len(df) - max_rows} more rows (use --max-rows, --csv or --json)")
 
 
+from falstudy.sweep.cli import register; register(app)  # noqa: E402,E702  (the sweep command)
 
 
 def main(argv: list[str] | None = None) -> None:

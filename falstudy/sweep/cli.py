@@ -1,0 +1,40 @@
+"""``falstudy sweep``: added to the typer app by ``register(app)`` (one line in falstudy/cli.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def sweep(
+        spec: Annotated[Path, typer.Argument(help="a sweep spec YAML, e.g. sweeps/bypass.yaml")],
+        workers: Annotated[Optional[int], typer.Option(help="worker processes on this host (default: the spec's workers)")] = None,
+        storage: Annotated[Optional[str], typer.Option(help="journal file path or postgresql:// URL (default: the spec's, else results/<name>/optuna.journal)")] = None,
+        resume: Annotated[bool, typer.Option("--resume", help="reap trials whose worker died and re-run them (and interrupted ones); completed cells never run again")] = False,
+        retry_failed: Annotated[bool, typer.Option("--retry-failed", help="also re-run trials that failed (diverged, crashed)")] = False,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="print the grid or search space and what would run; create nothing")] = False,
+        results_dir: Annotated[Optional[str], typer.Option(help="folder holding results/<name>/ (default: the spec's results_dir)")] = None,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no live view; one line per finished trial")] = False,
+    ) -> None:
+        """Run an Optuna sweep: each trial trains one run in its own process; results go to
+        results/<name>/ (runs, metrics, probes and the trials table, ingested into DuckDB).
+        Run it again (on any host sharing the storage) to join the same study."""
+        if workers is not None and workers < 1:
+            from falstudy.errors import FalstudyError
+
+            raise FalstudyError(f"--workers {workers}: give at least 1")
+        from falstudy.sweep.driver import plan, run_sweep
+
+        if dry_run:
+            plan(spec, workers=workers, storage=storage, results_dir=results_dir, echo=typer.echo)
+            return
+        report = run_sweep(spec, workers=workers, storage=storage, resume=resume, retry_failed=retry_failed,
+                           results_dir=results_dir, quiet=quiet, echo=typer.echo)
+        if report.interrupted:
+            raise KeyboardInterrupt
+        if not report.ok:
+            raise typer.Exit(3)

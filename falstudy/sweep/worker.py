@@ -1,0 +1,312 @@
+"""The worker loop: take a trial (under the study lock) -> run it in a subprocess -> tell.
+
+``python -m falstudy.sweep.worker --spec S --storage URL --results-dir D ...`` is what
+``falstudy sweep`` starts N times; it can also be started by hand on another host.
+
+A worker exits when the queue is empty (grid), the budget is spent (n_trials), the deadline
+(timeout) has passed, or it is told to stop (SIGTERM/SIGINT: the running trial is interrupted,
+told FAIL with retry=True, and --resume continues its run from the last checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from falstudy.errors import FalstudyError
+from falstudy.sweep import reap as R
+from falstudy.sweep.records import SWEEP_DIR, export_trials, ingest_quietly
+from falstudy.sweep.spec import SweepSpec, grid_values, load_spec, param_type, run_config_data
+from falstudy.sweep.study import enqueue, open_study, results_group, study_lock, trial_id
+
+if TYPE_CHECKING:
+    import optuna
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Linux: deliver ``sig`` to this process when its parent dies (used before exec)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: trial.py also checks its parent pid when it starts
+
+
+@dataclass
+class Stop:
+    """Set by SIGTERM/SIGINT; checked between and during trials (no exception mid-write)."""
+
+    requested: bool = False
+    signum: int | None = None
+
+    def install(self) -> None:
+        def handler(signum, frame):
+            self.requested, self.signum = True, signum
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+
+@dataclass
+class WorkerConfig:
+    spec: SweepSpec
+    url: str
+    group: Path  # results/<name>
+    results_dir: str
+    threads: int | None = None
+    deadline: float | None = None  # unix time after which no trial starts
+    stop: Stop = field(default_factory=Stop)
+
+
+# --------------------------------------------------------------------------- taking a trial
+
+
+def suggest(trial: "optuna.Trial", spec: SweepSpec) -> dict[str, Any]:
+    """Record every search dimension on the trial (fixed values for enqueued trials)."""
+    params = {}
+    for name, p in spec.search.items():
+        kind = param_type(p)
+        if spec.is_grid:
+            params[name] = trial.suggest_categorical(name, grid_values(name, p))
+        elif kind == "categorical":
+            params[name] = trial.suggest_categorical(name, p.choices)
+        elif kind == "int":
+            params[name] = trial.suggest_int(name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
+        else:
+            params[name] = trial.suggest_float(name, p.low, p.high, step=p.step, log=p.log)
+    return params
+
+
+def sampled_count(study: "optuna.Study") -> int:
+    return sum(t.user_attrs.get("kind") == "sampled" for t in study.get_trials(deepcopy=False))
+
+
+def take_trial(study: "optuna.Study", cfg: WorkerConfig) -> "optuna.Trial | None":
+    """The next trial for this worker, or None when there is nothing left to start. Under the
+    study lock, so a queued trial goes to one worker and n_trials is never exceeded."""
+    while True:
+        with study_lock(study, cfg.url):
+            taken = _take_locked(study, cfg)
+        if taken != "again":
+            return taken
+
+
+def _take_locked(study: "optuna.Study", cfg: WorkerConfig):
+    from optuna.trial import TrialState
+
+    spec = cfg.spec
+    if cfg.stop.requested or (cfg.deadline is not None and time.time() > cfg.deadline):
+        return None
+    if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if spec.is_grid:
+            return None  # every cell is taken
+        if spec.n_trials is not None and sampled_count(study) >= spec.n_trials:
+            return None  # the budget is spent (repeats of sampled points are queued, not counted)
+    trial = study.ask()  # pops the oldest WAITING trial, or samples a new one
+    attrs = dict(trial.user_attrs)
+    fresh = "kind" not in attrs
+    try:
+        params = suggest(trial, spec)
+    except ValueError as err:  # a queued value the spec no longer allows
+        trial.set_user_attr("error", f"params do not fit the spec's search space any more: {err}")
+        study.tell(trial, state=TrialState.FAIL)
+        return "again"
+    if fresh:
+        seed = spec.seeds[0]
+        attrs = {"kind": "sampled", "seed": seed, "run_id": f"t{trial.number:04d}-s{seed}", "params": params}
+        for other in spec.seeds[1:]:  # the same point with every other seed, run by any worker
+            enqueue(study, params, kind="repeat", seed=other, run_id=f"t{trial.number:04d}-s{other}",
+                    repeat_of=trial.number)
+    mine = {"worker_host": R.host_name(), "worker_pid": os.getpid(), "worker_start": R.process_start(os.getpid()),
+            "heartbeat": time.time()}
+    for key, value in {**(attrs if fresh else {}), **mine}.items():
+        trial.set_user_attr(key, value)
+    return trial
+
+
+# --------------------------------------------------------------------------- running a trial
+
+
+@dataclass
+class Outcome:
+    state: str  # COMPLETE | PRUNED | FAIL
+    values: list[float] | None = None
+    status: str | None = None
+    error: str | None = None
+    retry: bool = False
+    probe_error: str | None = None
+
+
+def _log_tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return " | ".join(text[-lines:])
+
+
+def outcome(result: dict[str, Any] | None, returncode: int | None, log: Path, *, stopped: bool,
+            timed_out: float | None) -> Outcome:
+    """What to tell Optuna, from the trial's result file (or its absence)."""
+    if result is None:
+        if returncode is not None and returncode < 0:
+            why = f"trial process killed by signal {signal.Signals(-returncode).name}"
+        else:
+            why = f"trial process exited with code {returncode} and no result"
+        if timed_out is not None and not stopped:
+            why += f" after trial_timeout of {timed_out:g}s"
+        tail = _log_tail(log)
+        return Outcome("FAIL", error=f"{why}{': ' + tail if tail else ''}"[:2000], retry=stopped)
+    status = result.get("status")
+    if status == "completed":
+        return Outcome("COMPLETE", values=result["values"], status=status, probe_error=result.get("probe_error"))
+    if status == "pruned":
+        return Outcome("PRUNED", status=status)
+    error = result.get("error") or status
+    if status == "killed" and timed_out is not None and not stopped:
+        return Outcome("FAIL", status=status, error=f"trial_timeout of {timed_out:g}s exceeded; stopped")
+    # interrupted trials resume later; diverged and crashed ones would do it again
+    return Outcome("FAIL", status=status, error=str(error)[:2000], retry=status == "killed")
+
+
+def trial_command(payload_path: Path) -> list[str]:
+    """The subprocess of one trial. (torchrun backends are refused by the spec check until
+    falstudy.parallel lands; they will wrap this command with the launcher.)"""
+    return [sys.executable, "-m", "falstudy.sweep.trial", str(payload_path)]
+
+
+def run_trial(study: "optuna.Study", trial: "optuna.Trial", cfg: WorkerConfig) -> Outcome:
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    from falstudy.sweep.trial import write_json
+
+    spec, number = cfg.spec, trial.number
+    attrs = trial.user_attrs
+    run_id, seed, params = attrs["run_id"], attrs["seed"], attrs["params"]
+    work = cfg.group / SWEEP_DIR / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    config = run_config_data(spec, params, seed, run_id, cfg.results_dir)
+    if cfg.threads and "threads" not in config.get("train", {}):
+        config.setdefault("train", {})["threads"] = cfg.threads
+    stem = f"trial-{number:05d}"
+    result_path, log_path = work / f"{stem}.result.json", work / f"{stem}.log"
+    result_path.unlink(missing_ok=True)
+    payload = {
+        "storage": cfg.url, "study": spec.name, "trial_number": number, "trial_id": trial_id(study, number),
+        "config": config, "objectives": [o.metric for o in spec.objectives],
+        "report": not spec.multi_objective, "prune": spec.pruner.kind != "none",
+        "pruner": spec.pruner.model_dump(), "result_path": str(result_path), "parent_pid": os.getpid(),
+        "probes": spec.probes.model_dump() if spec.probes else None,
+    }
+    write_json(work / f"{stem}.json", payload)
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if cfg.threads:
+        env["OMP_NUM_THREADS"] = str(cfg.threads)
+    started = time.monotonic()
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(trial_command(work / f"{stem}.json"), stdout=log, stderr=subprocess.STDOUT,
+                                env=env, preexec_fn=die_with_parent)
+    trial.set_user_attr("trial_pid", proc.pid)
+    export_trials(study, cfg.group, [number])  # the RUNNING row: who runs it, where
+    stopped, timed_out, last_beat = False, None, time.monotonic()
+    while True:
+        try:
+            proc.wait(timeout=0.5)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        now = time.monotonic()
+        if cfg.stop.requested and not stopped:
+            stopped = True
+            proc.send_signal(signal.SIGTERM)  # the trainer flushes and exits as "killed"
+            kill_at = now + 30
+        elif spec.trial_timeout and now - started > spec.trial_timeout and timed_out is None and not stopped:
+            timed_out = spec.trial_timeout
+            proc.send_signal(signal.SIGTERM)
+            kill_at = now + 30
+        if (stopped or timed_out) and now > kill_at:
+            proc.kill()
+        if now - last_beat > R.HEARTBEAT_S:
+            last_beat = now
+            with contextlib.suppress(UpdateFinishedTrialError):  # reaped by another host meanwhile
+                trial.set_user_attr("heartbeat", time.time())
+
+    result = json.loads(result_path.read_text()) if result_path.is_file() else None
+    out = outcome(result, proc.returncode, log_path, stopped=stopped, timed_out=timed_out)
+    _tell(study, trial, out)
+    export_trials(study, cfg.group, [number])
+    ingest_quietly(cfg.group)
+    return out
+
+
+def _tell(study: "optuna.Study", trial: "optuna.Trial", out: Outcome) -> None:
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    extra = {"status": out.status, "error": out.error, "retry": out.retry or None, "probe_error": out.probe_error}
+    state = TrialState[out.state]
+    try:
+        for key, value in extra.items():
+            if value is not None:
+                trial.set_user_attr(key, value)
+        study.tell(trial, out.values if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True)
+    except UpdateFinishedTrialError:
+        # reaped as dead (a stale heartbeat) while it ran; its re-run resumes the same run
+        warnings.warn(f"trial {trial.number} was reaped before it finished; its result stays in the run's spool")
+
+
+def work(cfg: WorkerConfig, *, echo=None) -> int:
+    """The loop. Returns the number of trials this worker ran."""
+    opened = open_study(cfg.spec, cfg.url, create=False)
+    study, n = opened.study, 0
+    while not cfg.stop.requested:
+        trial = take_trial(study, cfg)
+        if trial is None:
+            break
+        out = run_trial(study, trial, cfg)
+        n += 1
+        if echo:
+            echo(f"trial {trial.number} {trial.user_attrs.get('run_id')}: {out.state}"
+                 + (f" {out.values}" if out.values else "") + (f" ({out.error})" if out.error else ""))
+    return n
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m falstudy.sweep.worker", description=__doc__.splitlines()[0])
+    ap.add_argument("--spec", required=True)
+    ap.add_argument("--storage", default=None)
+    ap.add_argument("--results-dir", default=None)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--deadline", type=float, default=None)
+    args = ap.parse_args(argv)
+    stop = Stop()
+    stop.install()
+    try:
+        spec = load_spec(args.spec)
+        from falstudy.sweep.study import storage_url
+
+        url = storage_url(spec, args.storage, args.results_dir)
+        cfg = WorkerConfig(spec, url, results_group(spec, args.results_dir), args.results_dir or spec.results_dir,
+                           args.threads, args.deadline, stop)
+        work(cfg, echo=lambda line: print(line, flush=True))
+    except FalstudyError as err:
+        print(f"falstudy: error: {err}", file=sys.stderr, flush=True)
+        return 2
+    return 128 + stop.signum if stop.signum else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
