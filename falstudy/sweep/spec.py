@@ -493,10 +493,10 @@ def _check_backend(backend: Backend) -> None:
         return
     if backend.nproc != backend.tp * backend.dp:
         raise SpecError("backend.nproc", f"nproc={backend.nproc} must equal tp x dp = {backend.tp * backend.dp}")
-    # the launcher (falstudy.parallel) is not in this checkout yet: refuse rather than run 1 process
-    if importlib.util.find_spec("falstudy.parallel.launch") is None:
-        raise SpecError("backend.kind", "torchrun (tensor/data parallel trials) needs falstudy.parallel, "
-                        "which is not in this checkout yet; use kind: local")
+    # refused until trial_command (worker.py) launches falstudy.parallel's trainer under torchrun:
+    # running one plain process while the spec says tp=2 would record a lie
+    raise SpecError("backend.kind", "torchrun (tensor/data parallel trials) needs falstudy.parallel, "
+                    "which sweeps do not launch yet; use kind: local")
 
 
 def _check_probes(probes: Probes) -> None:
