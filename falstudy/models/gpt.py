@@ -64,6 +64,11 @@ class LocalComm:
 LOCAL = LocalComm()
 
 
+def run_sequential(first, second):
+    """How a parallel-form block runs its MHA and MLP branches: one after the other."""
+    return first(), second()
+
+
 def make_norm(cfg: ModelConfig) -> nn.Module:
     if cfg.norm == "rmsnorm":
         return nn.RMSNorm(cfg.n_embd, eps=1e-5)
@@ -148,6 +153,7 @@ class Block(nn.Module):
         super().__init__()
         self.layer, self.role = layer, role
         self.comm = LOCAL
+        self.run_branches = run_sequential
         parallel_form = role in ("parallel", "fal", "fal_source")
         has_attn, has_mlp = role != "no_attn", role != "no_mlp"
         ln_sum = cfg.wiring == "fal" and cfg.fal_mlp_input == "ln_sum"
@@ -223,14 +229,15 @@ class Block(nn.Module):
             out = h + self.drop(c.g(self.mlp(mlp_in)))
 
         elif role in ("parallel", "fal"):
-            n = self.ln_1(x)
-            fn = c.f(n)
-            a = self.attn(fn, rope)
-            if role == "parallel":
-                mlp_in = fn if self.ln_2 is None else c.f(self.ln_2(x))
-            else:
-                mlp_in = self._fal_mlp_input(x, fn, self._take_src(src))
-            m = self.mlp(mlp_in)
+            fn = c.f(self.ln_1(x))
+
+            def mlp_branch() -> torch.Tensor:
+                if role == "parallel":
+                    return self.mlp(fn if self.ln_2 is None else c.f(self.ln_2(x)))
+                return self.mlp(self._fal_mlp_input(x, fn, self._take_src(src)))
+
+            # independent sublayers: falstudy.parallel.concurrent_branches may overlap them
+            a, m = self.run_branches(lambda: self.attn(fn, rope), mlp_branch)
             self.resid_mid(x + a)  # a probe site only; in TP ``a`` is a partial sum here
             out = x + self.drop(c.g(a + m))  # one all-reduce for both sublayers
 
