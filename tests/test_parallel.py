@@ -484,6 +484,20 @@ def test_meter_rows():
                                       "count": 1, "bytes": 100, "seconds": 0.25}
     assert rows["compute"]["seconds"] == pytest.approx(1.25) and rows["step"]["seconds"] == 2.0
     assert m.rows("run", 8, 1) == []  # reset after reading
+    with m.paused():
+        with m.timed("all_reduce_fwd", torch.ones(4)):
+            pass
+    assert m.totals() == {}
+
+
+def test_measure_compute_restores_the_comms():
+    from falstudy.parallel.tp import parallelize
+
+    model = parallelize(tiny_model("fal"), None)
+    comms = [b.comm for b in model.blocks]
+    x, y = batch()
+    seconds = costmodel.measure_compute(lambda: model(x, y)[1].backward(), model, reps=2, warmup=1)
+    assert seconds > 0 and [b.comm for b in model.blocks] == comms
 
 
 def test_allreduce_counts_per_wiring():

@@ -49,6 +49,16 @@ class CommMeter:
         self._cuda_pending: list[tuple[str, str | None, Any, Any]] = []
         self.steps, self.step_seconds = 0, 0.0
         self._step_t0: float | None = None
+        self._paused = False
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Collectives inside are not counted (e.g. evaluation between training steps)."""
+        before, self._paused = self._paused, True
+        try:
+            yield
+        finally:
+            self._paused = before
 
     # -- recording ---------------------------------------------------------------------------
     def add(self, kind: str, nbytes: int, seconds: float, tag: str | None = None) -> None:
@@ -60,6 +70,9 @@ class CommMeter:
     @contextmanager
     def timed(self, kind: str, tensor: torch.Tensor, tag: str | None = None) -> Iterator[None]:
         """Wrap one synchronous collective on ``tensor``."""
+        if self._paused:
+            yield
+            return
         nbytes = tensor.numel() * tensor.element_size()
         if tensor.is_cuda:  # NCCL is asynchronous: events on the current stream, read later
             start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))

@@ -250,32 +250,40 @@ def predict(
 # -- measuring -------------------------------------------------------------------------------
 def fit_allreduce(
     group: Any = None,
-    sizes: tuple[int, ...] = tuple(2**k for k in range(10, 23, 2)),
-    reps: int = 20,
+    sizes: tuple[int, ...] = tuple(2**k for k in range(12, 23, 2)),
+    reps: int = 30,
+    gap_s: float = 5e-4,
     device: Any = "cpu",
 ) -> tuple[float, float]:
     """Fit t = alpha + beta * bytes to timed float32 all-reduces over ``group`` (collective).
 
-    Median of ``reps`` per size, averaged over ranks, fitted by least squares on relative error
-    (so small and large messages count alike). Returns (alpha seconds, beta seconds/byte)."""
+    Timed the way a training step calls them: each after ``gap_s`` of compute (a rank that
+    waits in a collective may be descheduled; waking it is part of the cost), and averaged, not
+    the median, because a step pays every slow call. Means are averaged over ranks and fitted
+    by least squares on relative error. Returns (alpha seconds, beta seconds per byte)."""
     import torch
     import torch.distributed as dist
 
-    medians = []
+    work = torch.randn(96, 96, device=device)
+    means = []
     for nbytes in sizes:
         t = torch.ones(max(nbytes // 4, 1), device=device)
-        for _ in range(3):
-            dist.all_reduce(t, group=group)
         times = []
-        for _ in range(reps):
-            dist.barrier(group=group)
+        dist.barrier(group=group)
+        for i in range(reps + 3):
+            t0 = time.perf_counter()
+            while time.perf_counter() - t0 < gap_s:
+                work @ work
+            if t.is_cuda:
+                torch.cuda.synchronize()
             t0 = time.perf_counter()
             dist.all_reduce(t, group=group)
             if t.is_cuda:
                 torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-        medians.append(statistics.median(times))
-    avg = torch.tensor(medians, dtype=torch.float64, device=device)
+            if i >= 3:  # warm-up calls excluded
+                times.append(time.perf_counter() - t0)
+        means.append(statistics.fmean(times))
+    avg = torch.tensor(means, dtype=torch.float64, device=device)
     dist.all_reduce(avg, group=group)
     ts = (avg / dist.get_world_size(group)).cpu().tolist()
     return fit_alpha_beta(list(sizes), ts)
