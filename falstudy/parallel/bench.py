@@ -1,0 +1,209 @@
+"""Tensor-parallel step time of fal and parallel against baseline, measured side by side at TP=2,
+with the cost model's prediction next to each measurement, and its projection to GPT-2 shapes.
+
+    falstudy bench tp [--rounds 8 --steps 3] [--out results/bench]
+    python bench/tp_step.py [...]          # the same
+
+Re-executes itself under torchrun with 2 ranks (refused on fewer than 2 cores). Two shapes:
+``comm-heavy`` (small width and batch: all-reduce latency dominates) and ``compute-heavy``. For
+each wiring it times full training steps (forward, backward, AdamW) with real collectives, and
+the same steps with the collectives switched off (each rank's compute alone). Models take turns
+(round-robin) so machine noise hits all alike; per wiring the figure is the median over rounds
+of the slower rank. The communication share comes from the CommMeter (time inside gloo calls).
+
+Prediction = measured compute-only step + (all-reduces per step) x (alpha + beta x bytes), with
+alpha and beta fitted by a microbenchmark (``costmodel.fit_allreduce``) on the same ranks at the
+start of every round (medians over rounds).
+
+Writes results/bench/tp_step.parquet (measurements) and results/bench/tp_projection.parquet
+(predicted fal/baseline and parallel/baseline for GPT-2 small/medium/large at TP 2/4/8 on the
+PCIe 4 and NVLink presets) for notebooks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from falstudy.config import ModelConfig
+from falstudy.models import GPT
+from falstudy.parallel import costmodel
+from falstudy.parallel.comm import CommMeter
+from falstudy.parallel.launch import init_distributed, maybe_relaunch, shutdown
+from falstudy.parallel.tp import parallelize
+
+TP = 2
+WIRINGS = ("baseline", "parallel", "fal")
+SHAPES = {  # name: (model fields, batch)
+    "comm-heavy": (dict(n_layer=4, n_embd=64, n_head=4, block_size=32, vocab_size=256), 2),
+    "compute-heavy": (dict(n_layer=4, n_embd=384, n_head=6, block_size=128, vocab_size=256), 4),
+}
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    try:
+        from falstudy.store import write_parquet
+    except ImportError:  # the store is optional here: pandas, atomically
+        import os
+
+        import pandas as pd
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        pd.DataFrame(rows).to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+        return
+    write_parquet(path, rows)
+
+
+class Case:
+    """One model at one shape and wiring, sharded over the TP group, with its own meter."""
+
+    def __init__(self, shape: str, wiring: str, group) -> None:
+        fields, self.batch = SHAPES[shape]
+        self.shape, self.wiring = shape, wiring
+        torch.manual_seed(0)
+        self.cfg = ModelConfig(**fields, wiring=wiring)
+        self.meter = CommMeter()
+        self.model = parallelize(GPT(self.cfg), group, self.meter)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=0.0)  # timing only: weights stay put
+        g = torch.Generator().manual_seed(1)
+        T, V = self.cfg.block_size, self.cfg.vocab_size
+        self.x = torch.randint(0, V, (self.batch, T), generator=g)
+        self.y = torch.randint(0, V, (self.batch, T), generator=g)
+        self.times: dict[str, list[float]] = {"tp": [], "compute": []}
+        self.comm_share: list[float] = []
+
+    def step(self) -> None:
+        _, loss = self.model(self.x, self.y)
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+    def run(self, mode: str, steps: int, group) -> None:
+        saved = [b.comm for b in self.model.blocks]
+        if mode == "compute":  # the same step with f and g as identities: compute alone
+            from falstudy.models.gpt import LOCAL
+
+            for b in self.model.blocks:
+                b.comm = LOCAL
+        try:
+            self.step()  # warm
+            self.meter.reset()
+            dist.barrier(group=group)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                with self.meter.step():
+                    self.step()
+            self.times[mode].append((time.perf_counter() - t0) / steps)
+            if mode == "tp":
+                t = self.meter.totals()
+                self.comm_share.append(sum(v["seconds"] for v in t.values()) / self.meter.step_seconds)
+                self.counts = {k: v["count"] // steps for k, v in t.items()}
+        finally:
+            for b, c in zip(self.model.blocks, saved):
+                b.comm = c
+
+
+def slowest(value: float, group) -> float:
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    return float(t.item())
+
+
+def mean(value: float, group) -> float:
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t, group=group)
+    return float(t.item()) / dist.get_world_size(group)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="falstudy bench tp", description="Step time of fal and parallel vs baseline at TP=2, measured and predicted side by side.")
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per model per round")
+    ap.add_argument("--out", default="results/bench")
+    ap.add_argument("--shapes", nargs="*", default=list(SHAPES), choices=list(SHAPES))
+    args = ap.parse_args(argv)
+
+    maybe_relaunch(tp=TP)
+    ctx = init_distributed(tp=TP)
+    group = ctx.tp_group
+    cases = [Case(s, w, group) for s in args.shapes for w in WIRINGS]
+    t_start = time.perf_counter()
+    fits = []
+    for _ in range(args.rounds):  # the all-reduce fit is repeated each round: it drifts with the machine
+        fits.append(costmodel.fit_allreduce(group, reps=10))
+        for case in cases:
+            for mode in ("tp", "compute"):
+                case.run(mode, args.steps, group)
+    alpha = statistics.median(a for a, _ in fits)
+    beta = statistics.median(b for _, b in fits)
+    loop = costmodel.loopback_preset(alpha, beta, TP)
+
+    rows = []
+    for case in cases:
+        step = slowest(statistics.median(case.times["tp"]), group)
+        compute = slowest(statistics.median(case.times["compute"]), group)
+        share = mean(statistics.median(case.comm_share), group)
+        pred = costmodel.breakdown(costmodel.Shape.of(case.cfg), case.batch, TP, loop, case.wiring, compute_s=compute)
+        rows.append({
+            "shape": case.shape, "wiring": case.wiring, "tp": TP, "batch": case.batch,
+            "n_layer": case.cfg.n_layer, "n_embd": case.cfg.n_embd, "seq_len": case.cfg.block_size,
+            "step_s": step, "compute_only_s": compute, "comm_share": share,
+            "allreduce_fwd": case.counts.get("all_reduce_fwd", 0), "allreduce_bwd": case.counts.get("all_reduce_bwd", 0),
+            "bytes_per_allreduce": pred.bytes_per_allreduce, "predicted_s": pred.total_s,
+            "predicted_comm_s": pred.comm_s, "alpha_s": alpha, "beta_s_per_byte": beta,
+            "rounds": args.rounds, "steps_per_round": args.steps,
+        })
+    for r in rows:
+        base = next(b for b in rows if b["shape"] == r["shape"] and b["wiring"] == "baseline")
+        r["ratio_measured"] = r["step_s"] / base["step_s"]
+        r["ratio_predicted"] = r["predicted_s"] / base["predicted_s"]
+        r["prediction_error"] = r["predicted_s"] / r["step_s"] - 1
+
+    projection = []
+    for name, shape in costmodel.GPT2_SHAPES.items():
+        for preset in ("pcie4", "nvlink"):
+            for tp in (2, 4, 8):
+                pb = costmodel.breakdown(shape, 8, tp, preset, "baseline", vocab_parallel=True)
+                pf = costmodel.breakdown(shape, 8, tp, preset, "fal", vocab_parallel=True)
+                pp = costmodel.breakdown(shape, 8, tp, preset, "parallel", vocab_parallel=True)
+                projection.append({
+                    "shape": name, "preset": preset, "tp": tp, "batch": 8, "seq_len": shape.seq_len,
+                    "heads_divisible": shape.n_head % tp == 0, "baseline_s": pb.total_s, "fal_s": pf.total_s,
+                    "parallel_s": pp.total_s, "baseline_comm_share": pb.comm_share,
+                    "fal_over_baseline": pf.total_s / pb.total_s, "parallel_over_baseline": pp.total_s / pb.total_s,
+                    "vocab_parallel": True, "bytes_per_elem": costmodel.get_preset(preset).bytes_per_elem,
+                })
+
+    if ctx.is_main:
+        out = Path(args.out)
+        write_rows(out / "tp_step.parquet", rows)
+        write_rows(out / "tp_projection.parquet", projection)
+        print(f"\nTP={TP} on {TP} gloo ranks (1 thread each); {args.rounds} rounds x {args.steps} steps, "
+              f"{time.perf_counter() - t_start:.0f}s; all-reduce fit: alpha={alpha * 1e6:.1f} us, "
+              f"beta={beta * 1e9:.3f} ns/B ({1 / beta / 1e9:.2f} GB/s)")
+        print(f"{'shape':14s} {'wiring':9s} {'AR f+b':>7s} {'step ms':>9s} {'comm %':>7s} {'comp ms':>9s} {'pred ms':>9s} "
+              f"{'err':>6s} {'/base meas':>10s} {'/base pred':>10s}")
+        for r in rows:
+            print(f"{r['shape']:14s} {r['wiring']:9s} {r['allreduce_fwd']:>3d}+{r['allreduce_bwd']:<3d} "
+                  f"{r['step_s'] * 1e3:9.2f} {100 * r['comm_share']:6.1f}% {r['compute_only_s'] * 1e3:9.2f} "
+                  f"{r['predicted_s'] * 1e3:9.2f} "
+                  f"{100 * r['prediction_error']:+5.1f}% {r['ratio_measured']:10.3f} {r['ratio_predicted']:10.3f}")
+        print("\nprojection (cost model; A100-class compute, bf16, vocab-parallel head, 8 x 1024 tokens per step):")
+        print(f"{'shape':12s} {'preset':7s} {'tp':>3s} {'base comm %':>11s} {'fal/base':>9s} {'par/base':>9s}")
+        for p in projection:
+            flag = "" if p["heads_divisible"] else "  (n_head not divisible by tp)"
+            print(f"{p['shape']:12s} {p['preset']:7s} {p['tp']:3d} {100 * p['baseline_comm_share']:10.1f}% "
+                  f"{p['fal_over_baseline']:9.3f} {p['parallel_over_baseline']:9.3f}{flag}")
+        print(f"\nwrote {out / 'tp_step.parquet'} and {out / 'tp_projection.parquet'}")
+    shutdown()
+
+
+if __name__ == "__main__":
+    main()
