@@ -7,6 +7,7 @@ the traceback).
 
 from __future__ import annotations
 
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -77,25 +78,52 @@ def train(
     set_: Annotated[list[str], typer.Option("--set", "-s", help="override a field: section.field=value (repeatable)")] = [],
     no_resume: Annotated[bool, typer.Option("--no-resume", help="start afresh even if the run has a checkpoint")] = False,
     no_ingest: Annotated[bool, typer.Option("--no-ingest", help="leave the run in the spool (ingest later)")] = False,
+    tp: Annotated[Optional[int], typer.Option(help="tensor-parallel degree: relaunches under torchrun with tp x dp ranks")] = None,
+    dp: Annotated[Optional[int], typer.Option(help="data-parallel degree (train.batch_size is per DP rank)")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="auto (nccl on CUDA, gloo on CPU) | gloo | nccl")] = None,
+    nnodes: Annotated[int, typer.Option(help="hosts taking part (run the same command on each)")] = 1,
+    rdzv_endpoint: Annotated[Optional[str], typer.Option(help="HOST:PORT of the c10d rendezvous, for nnodes > 1")] = None,
+    allow_oversubscribe: Annotated[bool, typer.Option("--allow-oversubscribe", help="allow more ranks than cores (correctness only: never time such a run)")] = False,
     quiet: Annotated[bool, QUIET] = False,
 ) -> None:
-    """Train one GPT variant; results go to results/<name>/ (spool + DuckDB)."""
+    """Train one GPT variant; results go to results/<name>/ (spool + DuckDB).
+
+    With --tp/--dp > 1 the command re-executes itself under torchrun (docs/parallel.md)."""
     from falstudy.config import parse_override
     from falstudy.train import as_run_config
     from falstudy.train import train as run_training
 
     dotted = dict(parse_override(text) for text in set_)
     for key, value in {"variant": variant, "train.steps": steps, "seed": seed, "data.path": data,
-                       "name": name, "run_id": run_id, "train.device": device}.items():
+                       "name": name, "run_id": run_id, "train.device": device, "parallel.tp": tp,
+                       "parallel.dp": dp, "parallel.backend": backend}.items():
         if value is not None:
             dotted[key] = value
     cfg = as_run_config(config, dotted)
+    if cfg.parallel.world > 1:
+        _launch_parallel(cfg, nnodes, rdzv_endpoint, allow_oversubscribe)
     _sigterm_interrupts()
     result = run_training(cfg, quiet=quiet, resume=not no_resume, ingest=not no_ingest)
+    if os.environ.get("RANK", "0") != "0":
+        return  # rank 0 speaks for the run
     val = f"{result.final_val_loss:.4f}" if result.final_val_loss is not None else "n/a"
     typer.echo(f"{result.run_id}: {result.status} at step {result.final_step}, val loss {val} -> {result.run_dir}")
     if result.status not in ("completed", "pruned"):
         raise typer.Exit(3)
+
+
+def _launch_parallel(cfg, nnodes: int, rdzv_endpoint: str | None, allow_oversubscribe: bool) -> None:
+    """Check what can be checked in one process, then re-execute under torchrun (returns
+    at once inside torchrun)."""
+    from falstudy.parallel import check_tp, maybe_relaunch
+    from falstudy.parallel.launch import resolve_backend
+
+    check_tp(cfg.model, cfg.parallel.tp)
+    resolve_backend(cfg.parallel.backend)
+    if cfg.train.grad_probe_every:
+        raise FalstudyError("train.grad_probe_every works in one process only; probe the checkpoint instead "
+                            "(falstudy probe RUN --probes grads)")
+    maybe_relaunch(cfg.parallel.tp, cfg.parallel.dp, nnodes, rdzv_endpoint, allow_oversubscribe)
 
 
 @app.command()
@@ -213,6 +241,7 @@ def _print_table(df, max_rows: int) -> None:
 
 
 from falstudy.sweep.cli import register; register(app)  # noqa: E402,E702  (the sweep command)
+from falstudy.parallel.cli import register as register_bench; register_bench(app)  # noqa: E402,E702
 
 
 def main(argv: list[str] | None = None) -> None:

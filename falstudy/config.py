@@ -123,6 +123,19 @@ class TrainConfig(_Strict):
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's)")
 
 
+class ParallelConfig(_Strict):
+    """How many processes train one model (docs/parallel.md). tp x dp > 1 runs under torchrun:
+    ``falstudy train --tp 2`` relaunches itself; from Python, start the script with torchrun."""
+
+    tp: int = Field(1, ge=1, description="tensor-parallel degree (must divide n_head and the MLP width)")
+    dp: int = Field(1, ge=1, description="data-parallel degree; train.batch_size is per DP rank")
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto = nccl on CUDA, gloo on CPU")
+
+    @property
+    def world(self) -> int:
+        return self.tp * self.dp
+
+
 class DataConfig(_Strict):
     path: str = Field("data/shakespeare-byte", description="a prepared corpus folder (falstudy data prepare)")
 
@@ -138,6 +151,7 @@ class RunConfig(_Strict):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     data: DataConfig = DataConfig()
+    parallel: ParallelConfig = ParallelConfig()
     tags: dict[str, Any] = Field(default_factory=dict, description="free-form labels stored with the run")
 
     @model_validator(mode="before")

@@ -348,7 +348,9 @@ def test_tp2_x_dp2_equals_one_process(tmp_path):
     """4 ranks on this 2-core machine: correctness only (allow_oversubscribe), never timing."""
     run_workers(_dp_worker, 4, free_port(), str(tmp_path), 2, 2, timeout=140)
     for rank in (0, 2):  # TP rank 0 of each DP replica holds the gathered state
-        assert read(tmp_path, rank)["hand"] < 1e-6
+        # after one AdamW step (update ~ lr * g / |g|): summation order over 4 ranks moves
+        # near-zero gradients' updates by ~1e-6 (measured up to 1.2e-6), so the issue's 1e-5
+        assert read(tmp_path, rank)["hand"] < 1e-5
     kinds = {row["kind"]: row["count"] for row in read(tmp_path, 1)["rows"]}
     counts = costmodel.allreduce_counts(RunConfig(variant="fal", model=TINY).model)
     assert kinds["all_reduce_fwd"] == counts["fwd"] and kinds["all_reduce_bwd"] == counts["bwd"]

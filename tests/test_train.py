@@ -19,23 +19,6 @@ from falstudy.errors import FalstudyError
 TINY_MODEL = {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32}
 
 
-def _texts(folder: Path) -> Path:
-    folder.mkdir()
-    verse = (
-        "Shall I compare thee to a summer's day? Thou art more lovely and more temperate.\n"
-        "Rough winds do shake the darling buds of May, and summer's lease hath all too short a date.\n"
-    )
-    for i in range(6):
-        (folder / f"doc{i}.txt").write_text(f"Sonnet {i}.\n" + verse * 40)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("corpus")
-    return falstudy.prepare(corpus=str(_texts(root / "texts")), out_dir=root / "data", name="tiny", quiet=True)
-
-
 def config(corpus: Path, results: Path, **train) -> dict:
     return {
         "name": "t",

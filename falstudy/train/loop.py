@@ -5,6 +5,10 @@ Everything a run produces goes to its spool folder ``results/<name>/runs/<run_id
 flushed at every eval and checkpoint (a kill loses at most the current interval), and
 ``checkpoint.pt``. Resuming the same run_id continues from its checkpoint and rewrites any
 later metric chunks, so the store never holds a step twice.
+
+With ``parallel.tp`` or ``parallel.dp`` > 1 the same loop runs on every rank under torchrun;
+``falstudy.train.layout`` holds everything that differs (sharding, gradient averaging, gathered
+checkpoints, collective accounting into ``timings-<step>.parquet``); rank 0 writes the spool.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 from falstudy.config import RunConfig, load_yaml, set_dotted, validate
 from falstudy.errors import FalstudyError
 from falstudy.provenance import now_iso, provenance
+from falstudy.train.layout import make_layout
 from falstudy.train.meter import ThroughputMeter
 from falstudy.train.schedule import lr_at
 
@@ -135,22 +140,36 @@ def train(
 ) -> RunResult:
     """Train one run. ``config`` is a RunConfig, a dict, or a YAML path; ``overrides`` use dotted
     keys with ``__`` for dots, e.g. ``train(variant="fal", train__steps=200)``."""
-    from falstudy.data import TokenShards
-    from falstudy.models import GPT
-    from falstudy.models.checkpoint import read_checkpoint, save_checkpoint
-    from falstudy.store import RunSpool
-
     cfg = as_run_config(config, {k.replace("__", "."): v for k, v in overrides.items()})
     hooks = list(hooks)
     if cfg.train.grad_probe_every:
         from falstudy.probe.grads import GradientHook
 
         hooks.append((cfg.train.grad_probe_every, GradientHook()))
+    if hooks and cfg.parallel.world > 1:
+        raise FalstudyError("step hooks (train.grad_probe_every) see one process's shard under tp/dp > 1; train "
+                            "in one process, or probe the checkpoint: falstudy probe RUN --probes grads")
+
+    t = cfg.train
+    device = resolve_device(t.device)
+    layout = make_layout(cfg.parallel, device)
+    try:
+        return _train(cfg, layout, quiet, resume, ingest, on_eval, hooks)
+    finally:
+        layout.close()
+
+
+def _train(cfg: RunConfig, layout, quiet: bool, resume: bool, ingest: bool, on_eval: EvalCallback | None,
+           hooks: list[StepHook]) -> RunResult:
+    from falstudy.data import TokenShards
+    from falstudy.models import GPT
+    from falstudy.models.checkpoint import read_checkpoint, save_checkpoint
+    from falstudy.store import RunSpool
 
     t = cfg.train
     if t.threads:
         torch.set_num_threads(t.threads)
-    device = resolve_device(t.device)
+    device = layout.device
     train_data = TokenShards(cfg.data.path, "train")
     val_data = TokenShards(cfg.data.path, "val")
     cfg = _resolve_vocab(cfg, train_data.vocab_size)
@@ -158,27 +177,29 @@ def train(
     if seq_len > cfg.model.block_size:
         raise FalstudyError(f"train.seq_len={seq_len} exceeds model.block_size={cfg.model.block_size}")
     if cfg.run_id is None:
-        cfg = cfg.model_copy(update={"run_id": new_run_id(cfg)})
+        cfg = cfg.model_copy(update={"run_id": layout.share(new_run_id(cfg))})
     results_dir = Path(cfg.results_dir) / cfg.name
     run_dir = results_dir / "runs" / cfg.run_id
-    spool = RunSpool(run_dir)
-    ckpt_path = run_dir / "checkpoint.pt"
+    spool = RunSpool(run_dir) if layout.is_main else _NoSpool()
+    ckpt_path = run_dir / "checkpoint.pt"  # under tp/dp, every host must see this folder to resume
 
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the same on every rank: parallelize checks the replicas agree
     model = GPT(cfg.model).to(device)
+    n_params = model.num_params()  # of the whole model, before sharding
+    model = layout.prepare(model)
     optimizer = _optimizer(model, cfg)
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # data order
-    start_step = 0
-    if resume and ckpt_path.exists():
+    start_step, val_loss = 0, None
+    if resume and layout.share(ckpt_path.exists()):
         state = read_checkpoint(ckpt_path, map_location=device)
         if state["config"]["model"] != cfg.model.model_dump(mode="json"):
             raise FalstudyError(f"{ckpt_path} was trained with another model config; use a new run_id")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        layout.load(model, optimizer, state)
         gen.set_state(state["data_rng"])
         torch.set_rng_state(state["torch_rng"])
-        start_step = state["step"]
-        _drop_metric_chunks_after(run_dir, start_step)
+        start_step, val_loss = state["step"], state.get("val_loss")
+        if layout.is_main:
+            _drop_chunks_after(run_dir, start_step)
 
     run_row = {
         "run_id": cfg.run_id,
@@ -196,8 +217,10 @@ def train(
         "batch_size": t.batch_size,
         "seq_len": seq_len,
         "steps": t.steps,
+        "tp": layout.tp,
+        "dp": layout.dp,
         "device": str(device),
-        "n_params": model.num_params(),
+        "n_params": n_params,
         "data_path": cfg.data.path,
         "config_json": cfg.to_json(),
         "started_at": now_iso(),
@@ -206,10 +229,11 @@ def train(
     spool.write_table("runs", [{**run_row, "status": "running", "final_step": start_step}])
 
     autocast = _autocast(cfg, device)
-    tokens_per_step = t.batch_size * seq_len
+    tokens_per_step = t.batch_size * layout.global_batch * seq_len
     meter = ThroughputMeter()
     metrics: list[dict] = []  # all rows, for the caller
     pending: list[dict] = []  # rows not yet flushed
+    timings: list[dict] = []  # collective accounting not yet flushed (parallel runs)
     t_start = time.perf_counter()
 
     def record(step: int, split: str, **values: float) -> None:
@@ -230,14 +254,21 @@ def train(
         if pending:
             spool.write_table("metrics", pending, part=step)
             pending.clear()
+        if timings:
+            spool.write_table("timings", timings, part=step)
+            timings.clear()
 
     def checkpoint(step: int) -> None:
+        model_state, optimizer_state = layout.state(model, optimizer)  # collective under tp/dp
+        if not layout.is_main:
+            return
         save_checkpoint(
             ckpt_path,
             {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
+                "model": model_state,
+                "optimizer": optimizer_state,
                 "step": step,
+                "val_loss": val_loss,
                 "config": cfg.model_dump(mode="json"),
                 "data_rng": gen.get_state(),
                 "torch_rng": torch.get_rng_state(),
@@ -245,12 +276,15 @@ def train(
         )
 
     def run_eval(step: int) -> float:
-        val = evaluate(model, val_data.eval_batches(t.batch_size, seq_len, t.eval_batches), device, autocast)
+        # the same eval batches as one process with the global batch; each DP rank takes its rows
+        batches = val_data.eval_batches(t.batch_size * layout.global_batch, seq_len, t.eval_batches)
+        with layout.paused():  # evaluation's collectives are not training's
+            val = layout.mean(evaluate(model, (layout.rows(x, y) for x, y in batches), device, autocast))
         record(step, "val", loss=val, ppl=math.exp(min(val, 50)))
         return val
 
-    status, error, val_loss, step = "completed", None, None, start_step
-    bar = _progress(t.steps, start_step, quiet, cfg.run_id)
+    status, error, step = "completed", None, start_step
+    bar = _progress(t.steps, start_step, quiet or not layout.is_main, cfg.run_id)
     try:
         model.train()
         if start_step == 0:
@@ -259,23 +293,24 @@ def train(
             lr = lr_at(step - 1, t)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x, y = train_data.get_batch(t.batch_size, seq_len, gen, device)
-            with autocast:
-                _, loss = model(x, y)
-            loss.backward()
-            grad_norm = None
-            if t.grad_clip > 0:
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            for every, hook in hooks:
-                if step % every == 0:
-                    rows = [{**r, "run_id": r.get("run_id") or cfg.run_id} for r in hook(model, step, x, y)]
-                    spool.write_table("probes", rows, part=f"{type(hook).__name__.lower()}-step{step:06d}")
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            x, y = layout.batch(train_data, t.batch_size, seq_len, gen)
+            with layout.step():
+                with autocast:
+                    _, loss = model(x, y)
+                loss.backward()
+                layout.sync_grads(model)
+                grad_norm = layout.clip(model, t.grad_clip) if t.grad_clip > 0 else None
+                for every, hook in hooks:
+                    if step % every == 0:
+                        rows = [{**r, "run_id": r.get("run_id") or cfg.run_id} for r in hook(model, step, x, y)]
+                        spool.write_table("probes", rows, part=f"{type(hook).__name__.lower()}-step{step:06d}")
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
             meter.update(tokens_per_step)
 
             if step % t.log_interval == 0 or step == t.steps:
-                loss_value = loss.item()
+                loss_value = layout.mean(loss.detach())
+                timings.extend(layout.timing_rows(cfg.run_id, step))
                 if not math.isfinite(loss_value):
                     status, error = "diverged", f"non-finite training loss ({loss_value}) at step {step}"
                     record(step, "train", loss=loss_value)
@@ -291,7 +326,8 @@ def train(
                 if not math.isfinite(val_loss):
                     status, error = "diverged", f"non-finite validation loss at step {step}"
                     break
-                if on_eval is not None and on_eval(step, val_loss):
+                # the pruner is asked once (rank 0) and every rank follows its answer
+                if layout.share(on_eval is not None and layout.is_main and bool(on_eval(step, val_loss))):
                     status = "pruned"
                     flush(step)
                     break
@@ -314,7 +350,7 @@ def train(
             [{**run_row, "status": status, "final_step": step, "final_val_loss": val_loss,
               "error": error, "ended_at": now_iso()}],
         )
-        if ingest:
+        if ingest and layout.is_main:
             _ingest_quietly(results_dir)
     return RunResult(cfg.run_id, run_dir, status, step, val_loss, cfg, metrics)
 
@@ -337,11 +373,19 @@ def _provenance_columns() -> dict[str, Any]:
     return {**prov, "torch_version": versions.get("torch"), "versions_json": json.dumps(versions)}
 
 
-def _drop_metric_chunks_after(run_dir: Path, step: int) -> None:
-    """Metric chunks past the checkpoint are re-run; remove them so no step is stored twice."""
-    for path in run_dir.glob("metrics-*.parquet"):
-        if int(path.stem.split("-")[1]) > step:
-            path.unlink()
+def _drop_chunks_after(run_dir: Path, step: int) -> None:
+    """Chunks past the checkpoint are re-run; remove them so no step is stored twice."""
+    for table in ("metrics", "timings"):
+        for path in run_dir.glob(f"{table}-*.parquet"):
+            if int(path.stem.split("-")[1]) > step:
+                path.unlink()
+
+
+class _NoSpool:
+    """What ranks other than 0 write: nothing (rank 0 records the run for all of them)."""
+
+    def write_table(self, *args: Any, **kwargs: Any) -> None:
+        pass
 
 
 def _progress(total: int, initial: int, quiet: bool, label: str):

@@ -1,0 +1,5 @@
+"""``python -m falstudy ...`` = ``falstudy ...``."""
+
+from falstudy.cli import main
+
+main()
