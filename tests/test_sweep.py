@@ -24,18 +24,6 @@ TINY_TRAIN = {"steps": 5, "batch_size": 4, "lr": 3e-3, "warmup_steps": 1, "eval_
               "log_interval": 5, "checkpoint_interval": 5}
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("corpus")
-    texts = root / "texts"
-    texts.mkdir()
-    verse = ("Shall I compare thee to a summer's day? Thou art more lovely and more temperate.\n"
-             "Rough winds do shake the darling buds of May, and summer's lease hath all too short a date.\n")
-    for i in range(6):
-        (texts / f"doc{i}.txt").write_text(f"Sonnet {i}.\n" + verse * 40)
-    return falstudy.prepare(corpus=str(texts), out_dir=root / "data", name="tiny", quiet=True)
-
-
 def write_spec(tmp: Path, corpus: Path, name: str = "s", train: dict | None = None, **fields) -> Path:
     spec = {"name": name, "results_dir": str(tmp / "results"), "workers": 1,
             "run": {"data": {"path": str(corpus)}, "model": dict(TINY_MODEL), "train": {**TINY_TRAIN, **(train or {})}},
@@ -197,3 +185,23 @@ def test_tpe_with_pruning_repeats_each_point_per_seed_and_keeps_n_trials_exact(c
     assert done and all(sorted(t.intermediate_values) == [5, 10, 15, 20] for t in done)
     # the budget is spent: running again starts nothing
     assert sweep(spec).returncode == 0 and len(trials_of(spec)) == 4
+
+
+def test_torchrun_backend_trains_each_trial_tensor_parallel(corpus, tmp_path):
+    """Trials under torchrun at TP=2: rank 0 reports to Optuna and the store, the runs record
+    tp=2, both ranks' collectives reach the timings table, and the values are the runs' losses."""
+    spec = write_spec(tmp_path, corpus, search={"variant": ["baseline", "fal"]},
+                      backend={"kind": "torchrun", "nproc": 2, "tp": 2})
+    proc = sweep(spec)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    trials = trials_of(spec)
+    assert len(trials) == 2 and all(t.state.name == "COMPLETE" for t in trials), [t.user_attrs for t in trials]
+    runs = store(spec, "SELECT r.run_id, r.tp, r.dp, r.final_val_loss, t.values_json "
+                       "FROM runs r JOIN trials t USING (run_id) ORDER BY r.run_id")
+    assert list(runs.run_id) == ["baseline-s0", "fal-s0"] and set(runs.tp) == {2} and set(runs.dp) == {1}
+    assert all(json.loads(v)[0] == pytest.approx(x) for v, x in zip(runs.values_json, runs.final_val_loss))
+    timings = store(spec, "SELECT run_id, rank, sum(count) AS n FROM timings WHERE kind = 'all_reduce_fwd' "
+                          "GROUP BY ALL ORDER BY ALL")
+    # one layer, 5 steps: a baseline block all-reduces twice per forward, the fal source block too
+    assert list(timings.itertuples(index=False, name=None)) == [
+        ("baseline-s0", 0, 10), ("baseline-s0", 1, 10), ("fal-s0", 0, 10), ("fal-s0", 1, 10)]

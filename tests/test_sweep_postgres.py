@@ -30,18 +30,6 @@ TINY_TRAIN = {"steps": 20, "batch_size": 4, "lr": 3e-3, "warmup_steps": 1, "eval
               "log_interval": 5, "checkpoint_interval": 10}
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    import falstudy
-
-    root = tmp_path_factory.mktemp("corpus")
-    texts = root / "texts"
-    texts.mkdir()
-    for i in range(4):
-        (texts / f"doc{i}.txt").write_text(f"Sonnet {i}.\n" + "Shall I compare thee to a summer's day?\n" * 80)
-    return falstudy.prepare(corpus=str(texts), out_dir=root / "data", name="tiny", quiet=True)
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -49,7 +49,11 @@ BAD_SPECS = {
     "seed owned by the sweep": (base(run={"seed": 3}), "run.seed", "seeds:"),
     "sampler without budget": (base(sampler="tpe"), "n_trials", "needs n_trials"),
     "unknown probe": (base(probes=["cka", "nope"]), "probes.names.1", "unknown probe"),
-    "tensor parallel": (base(backend={"kind": "torchrun", "nproc": 2, "tp": 2}), "backend.kind", "falstudy.parallel"),
+    "tp not dividing the heads": (base(run={"model": {"n_head": 2}}, backend={"kind": "torchrun", "nproc": 3, "tp": 3}),
+                                  "backend.tp", "does not divide model.n_head=2"),
+    "nproc not tp x dp": (base(backend={"kind": "torchrun", "nproc": 2, "tp": 2, "dp": 2}), "backend.nproc", "tp x dp"),
+    "tp on a local backend": (base(backend={"kind": "local", "tp": 2}), "backend.tp", "torchrun"),
+    "parallel set in run": (base(run={"parallel": {"tp": 2}}), "run.parallel", "backend:"),
     "sqlite": (base(storage="sqlite:///x.db"), "storage", "not supported"),
 }
 

@@ -46,7 +46,7 @@ SAMPLERS = ("grid", "tpe", "nsga2", "random")
 PRUNERS = ("none", "median", "hyperband")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # set by the sweep for every trial; a spec must not set them under run:
-SWEEP_OWNED = ("name", "run_id", "results_dir", "seed")
+SWEEP_OWNED = ("name", "run_id", "results_dir", "seed", "parallel")
 
 
 class _Strict(BaseModel):
@@ -230,6 +230,8 @@ def run_config_data(spec: SweepSpec, params: dict[str, Any], seed: int, run_id: 
     for name, value in params.items():
         set_dotted(data, keys.get(name, name), value)
     data.update(name=spec.name, seed=seed, results_dir=results_dir or spec.results_dir)
+    if spec.backend.kind == "torchrun":
+        data["parallel"] = {"tp": spec.backend.tp, "dp": spec.backend.dp}
     if run_id is not None:
         data["run_id"] = run_id
     data.setdefault("tags", {})["sweep"] = spec.name
@@ -348,7 +350,8 @@ def check(spec: SweepSpec) -> None:
     for key in SWEEP_OWNED:
         if key in spec.run:
             what = "seeds:" if key == "seed" else "the spec's name:" if key == "name" else \
-                "the spec's results_dir:" if key == "results_dir" else "the sweep (one per trial)"
+                "the spec's results_dir:" if key == "results_dir" else \
+                "backend: {kind: torchrun, tp: N, dp: M}" if key == "parallel" else "the sweep (one per trial)"
             raise SpecError(f"run.{key}", f"set by the sweep; use {what}")
     _check_storage(spec.storage)
 
@@ -388,7 +391,7 @@ def check(spec: SweepSpec) -> None:
         for cell in cells(spec):
             _check_config(spec, cell.params, "search")
 
-    _check_backend(spec.backend)
+    _check_backend(spec)
     if spec.probes is not None:
         _check_probes(spec.probes)
 
@@ -485,7 +488,11 @@ def _check_storage(storage: str | None) -> None:
                         "(one host) or a postgresql:// URL (many hosts); SQLite breaks under parallel workers")
 
 
-def _check_backend(backend: Backend) -> None:
+def _check_backend(spec: SweepSpec) -> None:
+    from falstudy.config import RunConfig
+    from falstudy.parallel import check_tp
+
+    backend = spec.backend
     if backend.kind == "local":
         for field in ("nproc", "tp", "dp"):
             if getattr(backend, field) != 1:
@@ -493,10 +500,14 @@ def _check_backend(backend: Backend) -> None:
         return
     if backend.nproc != backend.tp * backend.dp:
         raise SpecError("backend.nproc", f"nproc={backend.nproc} must equal tp x dp = {backend.tp * backend.dp}")
-    # refused until trial_command (worker.py) launches falstudy.parallel's trainer under torchrun:
-    # running one plain process while the spec says tp=2 would record a lie
-    raise SpecError("backend.kind", "torchrun (tensor/data parallel trials) needs falstudy.parallel, "
-                    "which sweeps do not launch yet; use kind: local")
+    # every run a trial could make must split over tp ranks (grids: every cell; else the fixed run)
+    for cell in (cells(spec) if spec.is_grid else [None]):
+        params = cell.params if cell else {}
+        cfg = RunConfig.model_validate(run_config_data(spec, params, spec.seeds[0], None))
+        try:
+            check_tp(cfg.model, backend.tp)
+        except FalstudyError as err:
+            raise SpecError("backend.tp", f"{_describe(params)}: {err}") from None
 
 
 def _check_probes(probes: Probes) -> None:

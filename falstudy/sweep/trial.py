@@ -7,6 +7,10 @@ stops as "pruned" when the pruner says so. A crash here fails one trial, never t
 
 The process dies with its worker (PR_SET_PDEATHSIG, set by the worker before exec), so a
 killed worker leaves no orphan still writing into a run that --resume will continue.
+
+Under a torchrun backend every rank runs this module: all of them train, rank 0 alone talks to
+Optuna, computes the objectives, runs the probes and writes the result; each rank dies with
+torchrun, as torchrun dies with the worker.
 """
 
 from __future__ import annotations
@@ -78,9 +82,14 @@ def objective_values(run_dir: Path, metrics: list[str]) -> tuple[list[float] | N
     return values, None
 
 
+def rank() -> int:
+    """Global rank under torchrun, 0 for a plain process."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def _pruning_callback(payload: dict[str, Any]):
     """on_eval for the trainer: report each eval's loss; True when the pruner says stop."""
-    if not payload.get("report"):
+    if not payload.get("report") or rank() != 0:
         return None
     import optuna
 
@@ -127,6 +136,8 @@ def run(payload: dict[str, Any]) -> dict[str, Any]:
             return {**out, "status": "failed", "error": str(err)}
         status = result.status
         error = (run_row(run_dir) or {}).get("error") if status not in ("completed", "pruned") else None
+    if rank() != 0:  # rank 0 reports for the trial
+        return {**out, "status": status}
     out.update(status=status, error=error, final_step=(run_row(run_dir) or {}).get("final_step"))
     if status != "completed":
         return out
@@ -157,7 +168,11 @@ def run(payload: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     payload = json.loads(Path(args[0]).read_text())
-    if payload.get("parent_pid") and os.getppid() != payload["parent_pid"]:
+    if "RANK" in os.environ:  # under torchrun: its agent is the parent; follow it if it dies
+        from falstudy.sweep.worker import die_with_parent
+
+        die_with_parent(signal.SIGTERM)
+    elif payload.get("parent_pid") and os.getppid() != payload["parent_pid"]:
         return 1  # the worker died before this process started: nobody would read the result
 
     def interrupted(signum, frame):
@@ -171,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         traceback.print_exc()
         result = {"status": "failed", "error": f"{type(err).__name__}: {err}".splitlines()[0]}
+    if rank() != 0:
+        return 0 if result.get("status") in ("completed", "pruned") else 3
     write_json(payload["result_path"], result)
     print(json.dumps(result), flush=True)
     return 0 if result.get("status") in ("completed", "pruned") else 3

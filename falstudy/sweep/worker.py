@@ -181,10 +181,15 @@ def outcome(result: dict[str, Any] | None, returncode: int | None, log: Path, *,
     return Outcome("FAIL", status=status, error=str(error)[:2000], retry=status == "killed")
 
 
-def trial_command(payload_path: Path) -> list[str]:
-    """The subprocess of one trial. (torchrun backends are refused by the spec check until
-    falstudy.parallel lands; they will wrap this command with the launcher.)"""
-    return [sys.executable, "-m", "falstudy.sweep.trial", str(payload_path)]
+def trial_command(payload_path: Path, backend: Any = None) -> list[str]:
+    """The subprocess of one trial: one Python process, or torchrun with tp x dp of them (each
+    rank runs the same trial module; rank 0 reports)."""
+    argv = ["-m", "falstudy.sweep.trial", str(payload_path)]
+    if backend is not None and backend.kind == "torchrun":
+        from falstudy.parallel import torchrun_command
+
+        return torchrun_command(backend.tp, backend.dp, argv=argv)
+    return [sys.executable, *argv]
 
 
 def run_trial(study: "optuna.Study", trial: "optuna.Trial", cfg: WorkerConfig) -> Outcome:
@@ -198,8 +203,9 @@ def run_trial(study: "optuna.Study", trial: "optuna.Trial", cfg: WorkerConfig) -
     work = cfg.group / SWEEP_DIR / "work"
     work.mkdir(parents=True, exist_ok=True)
     config = run_config_data(spec, params, seed, run_id, cfg.results_dir)
-    if cfg.threads and "threads" not in config.get("train", {}):
-        config.setdefault("train", {})["threads"] = cfg.threads
+    threads = max(1, cfg.threads // spec.backend.nproc) if cfg.threads else None  # per rank
+    if threads and "threads" not in config.get("train", {}):
+        config.setdefault("train", {})["threads"] = threads
     stem = f"trial-{number:05d}"
     result_path, log_path = work / f"{stem}.result.json", work / f"{stem}.log"
     result_path.unlink(missing_ok=True)
@@ -213,11 +219,11 @@ def run_trial(study: "optuna.Study", trial: "optuna.Trial", cfg: WorkerConfig) -
     write_json(work / f"{stem}.json", payload)
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if cfg.threads:
-        env["OMP_NUM_THREADS"] = str(cfg.threads)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     started = time.monotonic()
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(trial_command(work / f"{stem}.json"), stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(trial_command(work / f"{stem}.json", spec.backend), stdout=log, stderr=subprocess.STDOUT,
                                 env=env, preexec_fn=die_with_parent)
     trial.set_user_attr("trial_pid", proc.pid)
     export_trials(study, cfg.group, [number])  # the RUNNING row: who runs it, where
