@@ -164,6 +164,15 @@ TRIALS = Table(
         _c("error", "VARCHAR", "why it failed, else NULL"),
         _c("host", "VARCHAR", "host of the worker that ran it"),
         _c("pid", "BIGINT", "pid of that worker (dead trials are reaped by it)"),
+        _c("datetime_start", "VARCHAR", "ISO 8601 start, from Optuna"),
+        _c("datetime_complete", "VARCHAR", "ISO 8601 end, from Optuna; NULL while running"),
+        _c("kind", "VARCHAR", "`grid` (an enqueued cell) or `sampled` (asked of the sampler)"),
+        _c("seed", "BIGINT", "the run's seed (each cell or point runs once per seed)"),
+        _c("status", "VARCHAR", "the trainer's status of the run: completed | pruned | diverged | failed | killed"),
+        _c("trial_pid", "BIGINT", "pid of the trial's own process"),
+        _c("rerun_of", "BIGINT", "the trial number this one re-runs (reaped or interrupted), else NULL"),
+        _c("retry", "BOOLEAN", "FAIL only: true if --resume will run it again (interrupted), false if final"),
+        _c("probe_error", "VARCHAR", "why the probes after training failed (the trial still counts), else NULL"),
     ),
 )
 
