@@ -137,3 +137,25 @@ def test_bench_tp_measures_and_predicts_side_by_side(tmp_path):
     projection = pd.read_parquet(tmp_path / "tp_projection.parquet")
     assert set(projection.tp) == {2, 4, 8} and set(projection.preset) == {"pcie4", "nvlink"}
     assert (projection.fal_over_baseline < 1).all()
+
+
+def test_two_hosts_meet_at_a_rendezvous_endpoint(corpus, tmp_path):
+    """The many-hosts launch (--nnodes 2 --rdzv-endpoint), played by two processes on this host:
+    each starts one rank, they meet through the c10d rendezvous and train one TP=2 model."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["--variant", "fal", "--steps", "5", "--tp", "2", "--nnodes", "2", "--rdzv-endpoint", f"127.0.0.1:{port}",
+            "--run-id", "hosts"]
+    sets = {**TINY, **TRAIN, "results_dir": str(tmp_path), "data.path": str(corpus), "name": "two"}
+    argv = [*FALSTUDY, "train", "-q", *args] + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    hosts = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [h.communicate(timeout=TIMEOUT) for h in hosts]
+    assert [h.returncode for h in hosts] == [0, 0], [err[-3000:] for _, err in outs]
+    assert sum("hosts: completed at step 5" in out for out, _ in outs) == 1  # global rank 0 only
+    ok(train_cli(corpus, tmp_path, "--variant", "fal", "--steps", "5", name="one"))
+    two, one = curve(tmp_path, "two", "val"), curve(tmp_path, "one", "val")
+    assert two[5] == pytest.approx(one[5], abs=1e-4)
+    assert set(falstudy.query(tmp_path / "two", "SELECT DISTINCT rank FROM timings")["rank"]) == {0, 1}
