@@ -66,6 +66,16 @@ class ModelConfig(_Strict):
     # fal_plus only (the exact equation is unconfirmed; F+2 is the default reading)
     fal_plus_form: Literal["f1", "f2", "f3"] = "f2"
 
+    # --- related wirings from the literature around FAL, orthogonal to ``wiring``
+    norm_placement: Literal["pre", "post"] = Field(
+        "pre", description="pre: sublayers read LN(x); post: sublayers read x and the stream is normalised after each add"
+    )
+    residual_gates: bool = Field(False, description="a learned scalar on each residual update, after its all-reduce")
+    residual_gate_init: float = Field(1.0, description="initial value of the residual gates (0 = ReZero)")
+    value_residual: bool = Field(False, description="later attentions mix their values with the first attention's (ResFormer)")
+    value_residual_lambda: float = Field(0.5, ge=0, le=1, description="v_i <- lambda v_i + (1 - lambda) v_first")
+    dense_dwa: bool = Field(False, description="DenseFormer: after each block, a learned weighted average of the embedding and all block outputs")
+
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head

@@ -7,6 +7,7 @@ import torch.nn as nn
 
 from falstudy.config import ModelConfig, RunConfig, format_validation_error
 from falstudy.models import GPT, VARIANTS
+from falstudy.models.gpt import apply_rope
 
 TINY = dict(n_layer=3, n_head=2, n_embd=16, block_size=8, vocab_size=37)
 
@@ -17,7 +18,7 @@ def make(variant: str | None = None, **fields) -> GPT:
     model = GPT(cfg).eval()
     with torch.no_grad():  # make every norm and gate matter: random affine parameters
         for name, p in model.named_parameters():
-            if "ln" in name or "norm" in name or "gate" in name:
+            if "ln" in name or "norm" in name or "gate" in name or "dwa" in name:
                 p.copy_(torch.randn_like(p) * 0.5 + (1.0 if name.endswith("weight") else 0.0))
     return model
 
@@ -36,6 +37,29 @@ def reference_logits(model: GPT, idx: torch.Tensor) -> torch.Tensor:
     last_source = max(sources)
     shared_nf = blocks[last_source].fal_norm if cfg.uses_fal_source else None
     attn_outs: dict[int, torch.Tensor] = {}
+    post = cfg.norm_placement == "post"
+    first_v: list[torch.Tensor] = []
+    history = [x]
+
+    def read(norm, t):  # what a sublayer reads: LN t (pre-LN) or t (post-LN)
+        return t if post or norm is None else norm(t)
+
+    def add(norm, t):  # a residual sum, normalised under post-LN
+        return norm(t) if post else t
+
+    def attention(b, n) -> torch.Tensor:
+        """MHA written out, with the value residual v <- lambda v + (1 - lambda) v_first."""
+        B, T, _ = n.shape
+        q, k, v = (lin(n).view(B, T, cfg.n_head, cfg.head_dim).transpose(1, 2) for lin in (b.attn.q, b.attn.k, b.attn.v))
+        if cfg.value_residual:
+            if first_v:
+                v = cfg.value_residual_lambda * v + (1 - cfg.value_residual_lambda) * first_v[0]
+            else:
+                first_v.append(v)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return b.attn.proj(y.transpose(1, 2).reshape(B, T, -1))
 
     def substitute(b) -> torch.Tensor:
         """N_f(a_src), or a_src itself for the ln_sum form, times the gate if any."""
@@ -47,35 +71,41 @@ def reference_logits(model: GPT, idx: torch.Tensor) -> torch.Tensor:
     for i, b in enumerate(blocks):
         role = model.roles[i]
         ln1, ln2 = b.ln_1, (b.ln_2 if b.ln_2 is not None else b.ln_1)
+        g1 = b.gate_1 if b.gate_1 is not None else 1.0
+        g2 = b.gate_2 if b.gate_2 is not None else 1.0
         if role == "no_attn":
-            x = x + b.mlp(ln2(x))
-            continue
-        a = b.attn(ln1(x), rope)
-        attn_outs[i] = a
+            x = add(ln2, x + g2 * b.mlp(read(ln2, x)))
+        else:
+            a = attention(b, read(ln1, x))
+            attn_outs[i] = a
         if role == "baseline":
-            h = x + a
-            x = h + b.mlp(ln2(h))
+            h = add(ln1, x + g1 * a)
+            x = add(ln2, h + g2 * b.mlp(read(ln2, h)))
         elif role == "no_mlp":
-            x = x + a
+            x = add(ln1, x + g1 * a)
         elif role == "parallel":
-            x = x + a + b.mlp(ln2(x))
+            x = add(ln1, x + g1 * (a + b.mlp(read(ln2, x))))
         elif role in ("fal", "fal_source"):
             s = substitute(b)
             form = cfg.fal_mlp_input
-            mlp_in = {"ln_plus_nf": ln2(x) + s, "ln_sum": ln2(x + s), "nf_only": s}[form]
-            x = x + a + b.mlp(mlp_in)
+            m = b.mlp({"ln_plus_nf": read(ln2, x) + s, "ln_sum": read(ln2, x + s), "nf_only": s}[form])
+            x = add(ln1, x + g1 * (a + m) if role == "fal" else x + g1 * a + g2 * m)
         elif role == "fal_plus":
             s = substitute(b)
-            h = x + a
+            h = add(ln1, x + g1 * a)
             if cfg.fal_plus_form == "f1":  # h = x + MHA(LN x) + N_f(a_1); x' = h + MLP(LN h)
                 h = h + s
-                x = h + b.mlp(ln2(h))
+                m = b.mlp(read(ln2, h))
             elif cfg.fal_plus_form == "f2":  # x' = h + MLP(LN(h + N_f(a_1)))
-                x = h + b.mlp(ln2(h + s))
+                m = b.mlp(read(ln2, h + s))
             else:  # f3: x' = h + MLP(LN h + N_f(a_1))
-                x = h + b.mlp(ln2(h) + s)
-        else:
+                m = b.mlp(read(ln2, h) + s)
+            x = add(ln2, h + g2 * m)
+        elif role != "no_attn":
             raise AssertionError(role)
+        if cfg.dense_dwa:  # DenseFormer: x = sum_j alpha_ij X_j over the embedding and blocks 0..i
+            history.append(x)
+            x = sum(w * h for w, h in zip(model.dwa[i], history))
     return model.lm_head(model.ln_f(x))
 
 
@@ -89,6 +119,12 @@ CASES = [(v, {}) for v in VARIANTS] + [
     ("no_attn", {"ablate_layers": [0, 2]}),
     ("no_mlp", {"ablate_layers": [1]}),
     ("fal", {"norm": "rmsnorm", "mlp": "swiglu", "pos": "rope", "bias": False}),
+] + [  # the related wirings on every wiring they combine with
+    (v, switch) for v in ("parallel", "fal", "fal_plus_f1", "fal_plus_f3", "fal_ln_sum", "fal_first_block_fal", "no_attn", "no_mlp")
+    for switch in ({"norm_placement": "post"}, {"residual_gates": True}, {"value_residual": True}, {"dense_dwa": True})
+] + [
+    ("llama_fal", {"norm_placement": "post", "residual_gates": True, "value_residual": True, "dense_dwa": True}),
+    ("no_attn", {"ablate_layers": [0], "value_residual": True}),  # the first values come from layer 1
 ]
 
 

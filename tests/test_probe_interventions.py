@@ -146,6 +146,25 @@ def test_bypass_on_baseline_changes_the_loss_and_matches_the_equation():
     assert pick(rows, "bypass.loss", 1) == pytest.approx(total / len(data), abs=1e-5)
 
 
+def test_bypass_on_a_post_ln_baseline_cuts_attention_out_of_the_mlp_input():
+    """Post-LN: block 1's MLP reads LN1(x_1) instead of LN1(x_1 + a_1); the stream keeps a_1."""
+    m = tiny("baseline", norm_placement="post")
+    data = batches()
+    rows = bypass_probe(m, data, kinds=["bypass"], scopes=("single",))
+    total = 0.0
+    with torch.no_grad():
+        for x, y in data:
+            h = m.wte(x) + m.wpe(torch.arange(16))
+            for i, b in enumerate(m.blocks):
+                if i == 1:
+                    mid = b.ln_1(h + b.attn(h))
+                    h = b.ln_2(mid + b.mlp(b.ln_1(h)))
+                else:
+                    h, _ = b(h)
+            total += float(F.cross_entropy(m.lm_head(m.ln_f(h)).flatten(0, 1), y.flatten()))
+    assert pick(rows, "bypass.loss", 1) == pytest.approx(total / len(data), abs=1e-5)
+
+
 def test_substitutions_follow_their_equations():
     m = tiny("baseline")
     x, y = batches(1)[0]

@@ -10,6 +10,14 @@ attention output (``N_f(a_1)`` in the paper; layer 0 here).
     fal_plus   h = x + a(LN1 x);            x' = h + m(LN2(h + s))     (F+2; F+1 and F+3 too)
     no_attn    x' = x + m(LN2 x)            no_mlp   x' = x + a(LN1 x)
 
+Related wirings, orthogonal to the above (config switches; PAPER.md "Related variants"):
+``norm_placement="post"`` (sublayers read x, the stream is normalised after each residual add),
+``residual_gates`` (a learned scalar on each residual update), ``value_residual`` (later
+attentions use lambda v_i + (1 - lambda) v_first), ``dense_dwa`` (DenseFormer: after block i the
+stream is a learned weighted average of the embedding and the outputs of blocks 0..i).
+None of them adds a collective: gates act after ``g``, DWA on the replicated stream, and the
+first values are per head, so each TP rank mixes its own heads.
+
 Collective points. The model is single-device code, but it marks where Megatron-style tensor
 parallelism needs its two operators: ``comm.f`` (identity forward, all-reduce backward) on a
 replicated tensor entering column-parallel linears, and ``comm.g`` (all-reduce forward, identity
@@ -89,6 +97,20 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
+class ValueResidual:
+    """Carries the first attention's values (B, H, T, D) to later attentions for one forward
+    pass (ResFormer's value residual): the first call keeps its values, later calls mix."""
+
+    def __init__(self, lam: float):
+        self.lam, self.first = lam, None
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        if self.first is None:
+            self.first = v
+            return v
+        return self.lam * v + (1.0 - self.lam) * self.first
+
+
 class Attention(nn.Module):
     """Causal MHA with separate q/k/v projections (column-shardable by heads)."""
 
@@ -102,10 +124,13 @@ class Attention(nn.Module):
         self.proj = nn.Linear(d, d, bias=cfg.bias)
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                values: ValueResidual | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         # heads come from the local width, so a column-sharded q/k/v just has fewer of them
         q, k, v = (p(x).view(B, T, -1, self.head_dim).transpose(1, 2) for p in (self.q, self.k, self.v))
+        if values is not None:
+            v = values(v)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         y = F.scaled_dot_product_attention(
@@ -166,6 +191,16 @@ class Block(nn.Module):
         self.ln_2 = make_norm(cfg) if own_ln_2 else None
         self.mlp = MLP(cfg) if has_mlp else None
         self.drop = nn.Dropout(cfg.dropout)
+        # post-LN: each residual add is followed by ln_1 (attention, or a parallel-form block's
+        # single add) or ln_2 (MLP); the sublayers then read the stream as it is
+        self.post = cfg.norm_placement == "post"
+        if self.post and parallel_form:
+            self.ln_2 = None  # one add, one norm
+        # residual gates: gate_1 on the attention update (or a parallel block's single update),
+        # gate_2 on the MLP update where it is added on its own
+        gate = lambda: nn.Parameter(torch.full((1,), float(cfg.residual_gate_init)))  # noqa: E731
+        self.gate_1 = gate() if cfg.residual_gates and has_attn else None
+        self.gate_2 = gate() if cfg.residual_gates and has_mlp and role not in ("parallel", "fal") else None
 
         # the source side: accumulate a (mean of the first m) and emit s at the last source
         sources = cfg.fal_source_layers if cfg.uses_fal_source else []
@@ -192,8 +227,17 @@ class Block(nn.Module):
             self.mlp_input = cfg.fal_mlp_input if cfg.wiring == "fal" else cfg.fal_plus_form
 
     # -- pieces ----------------------------------------------------------------------------
-    def _attend(self, n: torch.Tensor, rope) -> torch.Tensor:
-        return self.attn(self.comm.f(n), rope)
+    def _attend(self, n: torch.Tensor, rope, values) -> torch.Tensor:
+        return self.attn(self.comm.f(n), rope, values)
+
+    def _in(self, norm: nn.Module | None, t: torch.Tensor) -> torch.Tensor:
+        """What a sublayer reads: LN(t) (pre-LN), or t itself (post-LN)."""
+        return t if self.post else norm(t)
+
+    def _add(self, norm: nn.Module | None, t: torch.Tensor, update: torch.Tensor, gate: nn.Parameter | None) -> torch.Tensor:
+        """A residual add: t + (gate *) update, normalised after it under post-LN."""
+        out = t + (gate * update if gate is not None else update)
+        return norm(out) if self.post else out
 
     def _make_src(self, acc: torch.Tensor) -> torch.Tensor:
         s = self.fal_norm(acc) if self.fal_norm is not None else acc
@@ -206,30 +250,31 @@ class Block(nn.Module):
         return self.fal_in(self.comm.f(s) if self.f_at_consumer else s)
 
     # -- forward ---------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, src: torch.Tensor | None = None, rope=None):
+    def forward(self, x: torch.Tensor, src: torch.Tensor | None = None, rope=None,
+                values: ValueResidual | None = None):
         """Returns (block output, substitute signal for later blocks)."""
         x = self.resid_pre(x)
         c, role = self.comm, self.role
 
         if role in ("baseline", "fal_plus"):
-            a = self.drop(c.g(self._attend(self.ln_1(x), rope)))
-            h = x + a
+            a = self.drop(c.g(self._attend(self._in(self.ln_1, x), rope, values)))
+            h = self._add(self.ln_1, x, a, self.gate_1)
             if role == "fal_plus":
                 s = self._take_src(src)
                 if self.mlp_input == "f1":  # the term also enters the stream
                     h = h + s
-                    mlp_in = c.f(self.ln_2(h))
+                    mlp_in = c.f(self._in(self.ln_2, h))
                 elif self.mlp_input == "f2":
-                    mlp_in = c.f(self.ln_2(h + s))
+                    mlp_in = c.f(self._in(self.ln_2, h + s))
                 else:  # f3
-                    mlp_in = c.f(self.ln_2(h)) + s
+                    mlp_in = c.f(self._in(self.ln_2, h)) + s
             else:
-                mlp_in = c.f(self.ln_2(h))
+                mlp_in = c.f(self._in(self.ln_2, h))
             h = self.resid_mid(h)
-            out = h + self.drop(c.g(self.mlp(mlp_in)))
+            out = self._add(self.ln_2, h, self.drop(c.g(self.mlp(mlp_in))), self.gate_2)
 
         elif role in ("parallel", "fal"):
-            fn = c.f(self.ln_1(x))
+            fn = c.f(self._in(self.ln_1, x))
 
             def mlp_branch() -> torch.Tensor:
                 if role == "parallel":
@@ -237,23 +282,26 @@ class Block(nn.Module):
                 return self.mlp(self._fal_mlp_input(x, fn, self._take_src(src)))
 
             # independent sublayers: falstudy.parallel.concurrent_branches may overlap them
-            a, m = self.run_branches(lambda: self.attn(fn, rope), mlp_branch)
+            a, m = self.run_branches(lambda: self.attn(fn, rope, values), mlp_branch)
             self.resid_mid(x + a)  # a probe site only; in TP ``a`` is a partial sum here
-            out = x + self.drop(c.g(a + m))  # one all-reduce for both sublayers
+            out = self._add(self.ln_1, x, self.drop(c.g(a + m)), self.gate_1)  # one all-reduce for both
 
         elif role == "fal_source":  # the source block in fal form: its MLP reads its own s
-            fn = c.f(self.ln_1(x))
-            a = self.drop(c.g(self.attn(fn, rope)))
+            fn = c.f(self._in(self.ln_1, x))
+            a = self.drop(c.g(self.attn(fn, rope, values)))
             src = self._make_src(a)
             mlp_in = self._fal_mlp_input(x, fn, self._take_src(src))
-            out = self.resid_mid(x + a) + self.drop(c.g(self.mlp(mlp_in)))
+            m = self.drop(c.g(self.mlp(mlp_in)))
+            h = self.resid_mid(x + (self.gate_1 * a if self.gate_1 is not None else a))
+            out = self._add(self.ln_1, h, m, self.gate_2)
 
         elif role == "no_attn":
             a = None
-            out = self.resid_mid(x) + self.drop(c.g(self.mlp(c.f(self.ln_2(x)))))
+            m = self.drop(c.g(self.mlp(c.f(self._in(self.ln_2, x)))))
+            out = self._add(self.ln_2, self.resid_mid(x), m, self.gate_2)
         else:  # no_mlp
-            a = self.drop(c.g(self._attend(self.ln_1(x), rope)))
-            out = self.resid_mid(x + a)
+            a = self.drop(c.g(self._attend(self._in(self.ln_1, x), rope, values)))
+            out = self.resid_mid(self._add(self.ln_1, x, a, self.gate_1))
         out = self.resid_post(out)
 
         if self.source_weight and role != "fal_source":
@@ -269,7 +317,7 @@ class Block(nn.Module):
             return (fn if self.ln_2 is None else c.f(self.ln_2(x))) + s
         if self.mlp_input == "ln_sum":
             norm = self.ln_2 if self.ln_2 is not None else self.ln_1
-            return c.f(norm(x + s))
+            return c.f(self._in(norm, x + s))
         return s  # nf_only
 
 
@@ -286,6 +334,9 @@ class GPT(nn.Module):
             self.register_buffer("rope_sin", sin, persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i, role) for i, role in enumerate(self.roles))
+        if cfg.dense_dwa:  # weights of block i over (embedding, outputs of blocks 0..i); start as identity
+            self.dwa = nn.ParameterList(
+                nn.Parameter(F.one_hot(torch.tensor(i + 1), i + 2).float()) for i in range(cfg.n_layer))
         self.ln_f = make_norm(cfg)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
@@ -326,8 +377,13 @@ class GPT(nn.Module):
             rope = (self.rope_cos, self.rope_sin)
         x = self.drop(x)
         src = None
-        for block in self.blocks:
-            x, src = block(x, src, rope)
+        values = ValueResidual(self.config.value_residual_lambda) if self.config.value_residual else None
+        history = [x] if self.config.dense_dwa else None
+        for i, block in enumerate(self.blocks):
+            x, src = block(x, src, rope, values)
+            if history is not None:  # DenseFormer depth-weighted average
+                history.append(x)
+                x = sum(w * h for w, h in zip(self.dwa[i], history))
         logits = self.lm_head(self.ln_f(x))
         loss = None
         if targets is not None:

@@ -31,6 +31,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "llama_parallel": {"wiring": "parallel", **LLAMA_BLOCK},
     "llama_fal": {"wiring": "fal", **LLAMA_BLOCK},
     "llama_fal_plus": {"wiring": "fal_plus", **LLAMA_BLOCK},
+    # related wirings (PAPER.md); each is a switch, so it combines with any wiring via --set
+    "post_ln": {"wiring": "baseline", "norm_placement": "post"},
+    "residual_gates": {"wiring": "baseline", "residual_gates": True},
+    "value_residual": {"wiring": "baseline", "value_residual": True},
+    "fal_value_residual": {"wiring": "fal", "value_residual": True},
+    "denseformer": {"wiring": "baseline", "dense_dwa": True},
 }
 
 

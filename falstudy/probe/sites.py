@@ -260,7 +260,10 @@ def plain_norm(x: torch.Tensor, like: nn.Module) -> torch.Tensor:
 
 
 def mlp_norm(block: nn.Module) -> nn.Module:
-    """The norm whose output the block's MLP reads: its own ln_2, or ln_1 when shared."""
+    """The norm whose output the block's MLP reads: its own ln_2, or ln_1 when shared; under
+    post-LN (``norm_placement="post"``) the MLP reads ln_1(x + a), the norm after attention's add."""
+    if getattr(block, "post", False) and block.ln_1 is not None:
+        return block.ln_1
     return block.ln_2 if block.ln_2 is not None else block.ln_1
 
 
