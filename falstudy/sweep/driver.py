@@ -95,7 +95,8 @@ def plan(spec_path: str | Path, *, workers: int | None = None, storage: str | No
     sampler = spec.sampler.kind + ("" if spec.is_grid else f" (seed {spec.sampler.seed})")
     echo(f"  sampler:    {sampler}; pruner: {spec.pruner.kind}")
     threads = threads_per_trial(spec, spec.workers)
-    echo(f"  workers:    {spec.workers} on this host" + (f", {threads} torch thread(s) per trial" if threads else ""))
+    per_rank = f" ({max(1, threads // spec.backend.nproc)} per rank)" if threads and spec.backend.nproc > 1 else ""
+    echo(f"  workers:    {spec.workers} on this host" + (f", {threads} torch thread(s) per trial{per_rank}" if threads else ""))
     backend = spec.backend
     echo(f"  backend:    {backend.kind}" + ("" if backend.kind == "local" else f" nproc={backend.nproc} tp={backend.tp} dp={backend.dp}"))
     if spec.probes:
