@@ -13,6 +13,7 @@ Tables and columns: ``falstudy.store.schema`` and docs/store.md. Nothing heavy i
 
 from falstudy.store.ingest import ingest
 from falstudy.store.query import connect_readonly, db_path, load_table, query, spool_query, tables
+from falstudy.store.readonly import MissingTable, Results
 from falstudy.store.schema import TABLES
 from falstudy.store.spool import MetricsBuffer, RunSpool, write_parquet
 
