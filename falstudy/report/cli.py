@@ -1,0 +1,36 @@
+"""``falstudy report RESULTS_DIR [--out DIR]``: the notebooks' figures as PNGs and one HTML page,
+for machines without Jupyter. Registered by falstudy/cli.py with ``register(app)``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from falstudy.errors import FalstudyError
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def report(
+        results: Annotated[Path, typer.Argument(help="a results group, e.g. results/bypass")],
+        out: Annotated[Optional[Path], typer.Option(help="output folder (default: RESULTS/report)")] = None,
+        bench: Annotated[Optional[Path], typer.Option(help="folder of benchmark Parquet files (default: $FALSTUDY_BENCH, RESULTS/bench or RESULTS/../bench)")] = None,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="only the final line")] = False,
+    ) -> None:
+        """Write every analysis figure (PNG) and report.html; missing data gets a hint, not a traceback."""
+        from falstudy.report import make_report
+
+        if not results.is_dir():
+            raise FalstudyError(f"{results}: no such results folder; pass results/<name> (a sweep or train --name)")
+        done = make_report(results, out, bench_dir=bench)
+        if not quiet:
+            for key, hint in done.missing.items():
+                typer.echo(f"{key}: not drawn: {hint}")
+            for key, error in done.failed.items():
+                typer.echo(f"{key}: FAILED: {error}", err=True)
+        typer.echo(f"{done.html}: {len(done.figures)} figure(s), {len(done.missing)} missing data, "
+                   f"{len(done.failed)} failed")
+        if done.failed:
+            raise typer.Exit(1)
