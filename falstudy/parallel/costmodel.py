@@ -327,3 +327,24 @@ __all__ = [
     "Preset", "Shape", "allreduce_counts", "breakdown", "fit_allreduce", "fit_alpha_beta", "get_preset",
     "loopback_preset", "measure_compute", "predict", "step_flops",
 ]
+
+
+def gpt2_projection(batch: int = 8, tps: tuple[int, ...] = (2, 4, 8),
+                    presets: tuple[str, ...] = ("pcie4", "nvlink")) -> list[dict[str, Any]]:
+    """Predicted step times of baseline, fal and parallel for the GPT-2 shapes by TP degree and
+    interconnect (``batch`` x 1024 tokens per step, vocab-parallel head): the rows of
+    ``falstudy bench tp``'s tp_projection.parquet, which the report plots."""
+    rows = []
+    for name, shape in GPT2_SHAPES.items():
+        for preset in presets:
+            for tp in tps:
+                pb, pf, pp = (breakdown(shape, batch, tp, preset, w, vocab_parallel=True)
+                              for w in ("baseline", "fal", "parallel"))
+                rows.append({
+                    "shape": name, "preset": preset, "tp": tp, "batch": batch, "seq_len": shape.seq_len,
+                    "heads_divisible": shape.n_head % tp == 0, "baseline_s": pb.total_s, "fal_s": pf.total_s,
+                    "parallel_s": pp.total_s, "baseline_comm_share": pb.comm_share,
+                    "fal_over_baseline": pf.total_s / pb.total_s, "parallel_over_baseline": pp.total_s / pb.total_s,
+                    "vocab_parallel": True, "bytes_per_elem": get_preset(preset).bytes_per_elem,
+                })
+    return rows

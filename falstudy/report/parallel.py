@@ -238,26 +238,13 @@ def step_times_figure(res: Results) -> "Figure":
 
 # -- cost model ------------------------------------------------------------------------------
 def gpt2_projection() -> "pandas.DataFrame":
-    """The cost model's step times of baseline, fal and parallel for the GPT-2 shapes at TP 2/4/8
-    on PCIe 4 and NVLink (8 x 1024 tokens per step, vocab-parallel head): the columns of
-    ``falstudy bench tp``'s tp_projection.parquet."""
+    """``costmodel.gpt2_projection()`` as a DataFrame: the columns of ``falstudy bench tp``'s
+    tp_projection.parquet."""
     import pandas as pd
 
     from falstudy.parallel import costmodel
 
-    rows = []
-    for name, shape in costmodel.GPT2_SHAPES.items():
-        for preset in ("pcie4", "nvlink"):
-            for tp in (2, 4, 8):
-                pb, pf, pp = (costmodel.breakdown(shape, 8, tp, preset, w, vocab_parallel=True)
-                              for w in ("baseline", "fal", "parallel"))
-                rows.append({"shape": name, "preset": preset, "tp": tp, "batch": 8, "seq_len": shape.seq_len,
-                             "heads_divisible": shape.n_head % tp == 0, "baseline_s": pb.total_s,
-                             "fal_s": pf.total_s, "parallel_s": pp.total_s, "baseline_comm_share": pb.comm_share,
-                             "fal_over_baseline": pf.total_s / pb.total_s,
-                             "parallel_over_baseline": pp.total_s / pb.total_s, "vocab_parallel": True,
-                             "bytes_per_elem": costmodel.get_preset(preset).bytes_per_elem})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(costmodel.gpt2_projection())
 
 
 def projection_data(res: Results) -> tuple["pandas.DataFrame", str]:
