@@ -133,17 +133,20 @@ def test_bypass_on_baseline_changes_the_loss_and_matches_the_equation():
     assert pick(rows, "bypass.rel_l2", 1, "resid_post", 2) > 0.01
     assert not any(r["layer_b"] == 0 and r["layer"] == 1 for r in rows)  # only later layers compared
     # by hand: block 1's MLP reads LN2(x_1) instead of LN2(x_1 + a_1)
+    cut = lambda b, h: h + b.attn(b.ln_1(h)) + b.mlp(b.ln_2(h))  # noqa: E731
+    assert pick(rows, "bypass.loss", 1) == pytest.approx(loss_with_block(m, data, 1, cut), abs=1e-5)
+
+
+def loss_with_block(m, data, layer: int, block_fn) -> float:
+    """Mean loss with block ``layer`` replaced by ``block_fn(block, h)`` (written by hand)."""
     total = 0.0
     with torch.no_grad():
         for x, y in data:
             h = m.wte(x) + m.wpe(torch.arange(16))
             for i, b in enumerate(m.blocks):
-                if i == 1:
-                    h = h + b.attn(b.ln_1(h)) + b.mlp(b.ln_2(h))
-                else:
-                    h, _ = b(h)
+                h = block_fn(b, h) if i == layer else b(h)[0]
             total += float(F.cross_entropy(m.lm_head(m.ln_f(h)).flatten(0, 1), y.flatten()))
-    assert pick(rows, "bypass.loss", 1) == pytest.approx(total / len(data), abs=1e-5)
+    return total / len(data)
 
 
 def test_bypass_on_a_post_ln_baseline_cuts_attention_out_of_the_mlp_input():
@@ -151,18 +154,8 @@ def test_bypass_on_a_post_ln_baseline_cuts_attention_out_of_the_mlp_input():
     m = tiny("baseline", norm_placement="post")
     data = batches()
     rows = bypass_probe(m, data, kinds=["bypass"], scopes=("single",))
-    total = 0.0
-    with torch.no_grad():
-        for x, y in data:
-            h = m.wte(x) + m.wpe(torch.arange(16))
-            for i, b in enumerate(m.blocks):
-                if i == 1:
-                    mid = b.ln_1(h + b.attn(h))
-                    h = b.ln_2(mid + b.mlp(b.ln_1(h)))
-                else:
-                    h, _ = b(h)
-            total += float(F.cross_entropy(m.lm_head(m.ln_f(h)).flatten(0, 1), y.flatten()))
-    assert pick(rows, "bypass.loss", 1) == pytest.approx(total / len(data), abs=1e-5)
+    cut = lambda b, h: b.ln_2(b.ln_1(h + b.attn(h)) + b.mlp(b.ln_1(h)))  # noqa: E731
+    assert pick(rows, "bypass.loss", 1) == pytest.approx(loss_with_block(m, data, 1, cut), abs=1e-5)
 
 
 def test_substitutions_follow_their_equations():
