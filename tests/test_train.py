@@ -93,6 +93,21 @@ def test_resume_after_kill_matches_an_uninterrupted_run(corpus, tmp_path):
     assert list(steps.step) == [0, 10, 20, 30, 40, 50, 60]
 
 
+def test_resume_checks_the_model_config_but_accepts_fields_added_since(corpus, tmp_path):
+    import torch
+
+    first = falstudy.train(config(corpus, tmp_path, steps=20), variant="fal", run_id="r", quiet=True)
+    with pytest.raises(FalstudyError, match="another model config"):
+        falstudy.train(config(corpus, tmp_path, steps=30), variant="fal", run_id="r", model__n_embd=64, quiet=True)
+    # a checkpoint written before a model field existed: the field takes its default
+    path = first.run_dir / "checkpoint.pt"
+    state = torch.load(path, weights_only=False)
+    del state["config"]["model"]["dense_dwa"]
+    torch.save(state, path)
+    again = falstudy.train(config(corpus, tmp_path, steps=30), variant="fal", run_id="r", quiet=True)
+    assert again.status == "completed" and again.final_step == 30
+
+
 def test_divergence_stops_with_a_status(corpus, tmp_path):
     result = falstudy.train(config(corpus, tmp_path, lr=1e6, grad_clip=0.0, steps=40), quiet=True)
     assert result.status == "diverged"

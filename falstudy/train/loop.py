@@ -192,7 +192,9 @@ def _train(cfg: RunConfig, layout, quiet: bool, resume: bool, ingest: bool, on_e
     start_step, val_loss = 0, None
     if resume and layout.share(ckpt_path.exists()):
         state = read_checkpoint(ckpt_path, map_location=device)
-        if state["config"]["model"] != cfg.model.model_dump(mode="json"):
+        # through the config class, so fields added since the checkpoint take their defaults
+        saved = validate(type(cfg.model), state["config"]["model"], f"{ckpt_path} (model config)")
+        if saved.model_dump(mode="json") != cfg.model.model_dump(mode="json"):
             raise FalstudyError(f"{ckpt_path} was trained with another model config; use a new run_id")
         layout.load(model, optimizer, state)
         gen.set_state(state["data_rng"])
