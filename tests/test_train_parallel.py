@@ -109,6 +109,7 @@ def test_a_tp_checkpoint_resumes_in_one_process(corpus, tmp_path):
         (["--tp", "2", "--backend", "mpi"], "parallel.backend"),
         (["--tp", "2", "--backend", "nccl"], "nccl"),
         (["--tp", "2", "--set", "train.grad_probe_every=2"], "one process"),
+        (["--tp", "2", "--data", "/no/such/corpus"], "not found"),
     ],
 )
 def test_bad_parallel_settings_exit_2_before_any_process_starts(corpus, tmp_path, args, message):

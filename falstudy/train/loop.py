@@ -159,9 +159,23 @@ def train(
         layout.close()
 
 
+def open_data(cfg: RunConfig):
+    """The run's corpus splits, and its config with the corpus's vocabulary; raises
+    FalstudyError for a missing corpus or a sequence longer than the model's block.
+    (``falstudy train --tp`` calls it before starting any rank.)"""
+    from falstudy.data import TokenShards
+
+    train_data = TokenShards(cfg.data.path, "train")
+    val_data = TokenShards(cfg.data.path, "val")
+    cfg = _resolve_vocab(cfg, train_data.vocab_size)
+    seq_len = cfg.train.seq_len or cfg.model.block_size
+    if seq_len > cfg.model.block_size:
+        raise FalstudyError(f"train.seq_len={seq_len} exceeds model.block_size={cfg.model.block_size}")
+    return cfg, train_data, val_data
+
+
 def _train(cfg: RunConfig, layout, quiet: bool, resume: bool, ingest: bool, on_eval: EvalCallback | None,
            hooks: list[StepHook]) -> RunResult:
-    from falstudy.data import TokenShards
     from falstudy.models import GPT
     from falstudy.models.checkpoint import read_checkpoint, save_checkpoint
     from falstudy.store import RunSpool
@@ -170,12 +184,8 @@ def _train(cfg: RunConfig, layout, quiet: bool, resume: bool, ingest: bool, on_e
     if t.threads:
         torch.set_num_threads(t.threads)
     device = layout.device
-    train_data = TokenShards(cfg.data.path, "train")
-    val_data = TokenShards(cfg.data.path, "val")
-    cfg = _resolve_vocab(cfg, train_data.vocab_size)
+    cfg, train_data, val_data = open_data(cfg)
     seq_len = t.seq_len or cfg.model.block_size
-    if seq_len > cfg.model.block_size:
-        raise FalstudyError(f"train.seq_len={seq_len} exceeds model.block_size={cfg.model.block_size}")
     if cfg.run_id is None:
         cfg = cfg.model_copy(update={"run_id": layout.share(new_run_id(cfg))})
     results_dir = Path(cfg.results_dir) / cfg.name
