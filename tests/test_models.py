@@ -105,7 +105,7 @@ def reference_logits(model: GPT, idx: torch.Tensor) -> torch.Tensor:
             raise AssertionError(role)
         if cfg.dense_dwa:  # DenseFormer: x = sum_j alpha_ij X_j over the embedding and blocks 0..i
             history.append(x)
-            x = sum(w * h for w, h in zip(model.dwa[i], history))
+            x = sum(w * h for w, h in zip(b.dwa, history))
     return model.lm_head(model.ln_f(x))
 
 
@@ -256,3 +256,72 @@ def test_user_fields_win_over_the_variant_preset():
 def test_model_config_defaults_are_gpt2_like():
     cfg = ModelConfig()
     assert (cfg.wiring, cfg.norm, cfg.mlp, cfg.pos, cfg.fal_plus_form) == ("baseline", "layernorm", "gelu", "learned", "f2")
+
+
+class CountingComm:
+    """Megatron's f and g as identities that count: g in the forward pass, f in the backward."""
+
+    def __init__(self):
+        self.fwd = self.bwd = 0
+        counter = self
+
+        class F(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):
+                return x.view_as(x)
+
+            @staticmethod
+            def backward(ctx, grad):
+                counter.bwd += 1
+                return grad
+
+        self._f = F
+
+    def f(self, x):
+        return self._f.apply(x)
+
+    def g(self, x):
+        self.fwd += 1
+        return x
+
+
+COUNT_CASES = [(v, {}) for v in VARIANTS] + [
+    (v, {"norm_placement": "post", "shared_ln": shared}) for v in ("parallel", "fal", "fal_plus", "fal_first_block_fal")
+    for shared in (True, False)
+] + [("fal_gated", {"norm_placement": "post"}), ("fal_ln_sum", {"norm_placement": "post", "shared_ln": False})]
+
+
+@pytest.mark.parametrize("variant,fields", COUNT_CASES, ids=[f"{v}-{'-'.join(map(str, f.values()))}" for v, f in COUNT_CASES])
+def test_allreduce_counts_match_the_collective_points_the_model_calls(variant, fields):
+    """The cost model's all-reduces per training step (the figures docs/parallel.md and the report
+    show) equal the f/g calls of one forward and backward: what tensor parallelism would reduce."""
+    from falstudy.parallel.costmodel import allreduce_counts
+
+    model = make(variant, **fields).train()
+    comm = CountingComm()
+    for block in model.blocks:
+        block.comm = comm
+    idx = torch.randint(0, TINY["vocab_size"], (2, TINY["block_size"]))
+    model(idx, idx)[1].backward()
+    want = allreduce_counts(model.config)
+    assert (comm.fwd, comm.bwd) == (want["fwd"], want["bwd"])
+
+
+def test_denseformer_stream_is_what_the_sites_and_the_final_norm_see():
+    """With trained (non-identity) depth weights, resid_post of block i is the averaged stream:
+    it is the next block's resid_pre and, for the last block, what ln_f reads."""
+    model = make("denseformer")
+    seen = {}
+    hooks = [model.blocks[i].resid_post.register_forward_hook(lambda m, i_, o, i=i: seen.__setitem__(("post", i), o))
+             for i in range(TINY["n_layer"])]
+    hooks += [model.blocks[i].resid_pre.register_forward_hook(lambda m, i_, o, i=i: seen.__setitem__(("pre", i), o))
+              for i in range(TINY["n_layer"])]
+    hooks.append(model.ln_f.register_forward_hook(lambda m, i_, o: seen.__setitem__("ln_f", i_[0])))
+    with torch.no_grad():
+        model(torch.randint(0, TINY["vocab_size"], (2, TINY["block_size"])))
+    for h in hooks:
+        h.remove()
+    assert not torch.equal(model.blocks[1].dwa, torch.tensor([0.0, 0.0, 1.0]))  # make() perturbed them
+    for i in range(TINY["n_layer"] - 1):
+        assert torch.equal(seen[("post", i)], seen[("pre", i + 1)])
+    assert torch.equal(seen[("post", TINY["n_layer"] - 1)], seen["ln_f"])

@@ -112,8 +112,9 @@ def test_attention_removal_skips_blocks_without_attention():
 # --- bypass and substitution ------------------------------------------------------------------
 
 
-def test_bypass_on_parallel_changes_nothing():
-    rows = bypass_probe(tiny("parallel"), batches(), kinds=["bypass"])
+@pytest.mark.parametrize("placement", ["pre", "post"])
+def test_bypass_on_parallel_changes_nothing(placement):
+    rows = bypass_probe(tiny("parallel", norm_placement=placement), batches(), kinds=["bypass"])
     for layer in (0, 1, 2):
         assert pick(rows, "bypass.delta_loss", layer) == pytest.approx(0.0, abs=1e-6)
     assert pick(rows, "bypass_all.delta_loss", 0) == pytest.approx(0.0, abs=1e-6)

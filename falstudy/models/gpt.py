@@ -198,6 +198,8 @@ class Block(nn.Module):
             self.ln_2 = None  # one add, one norm
         # residual gates: gate_1 on the attention update (or a parallel block's single update),
         # gate_2 on the MLP update where it is added on its own
+        # DenseFormer: this block's weights over (embedding, outputs of blocks 0..layer), identity at init
+        self.dwa = nn.Parameter(F.one_hot(torch.tensor(layer + 1), layer + 2).float()) if cfg.dense_dwa else None
         gate = lambda: nn.Parameter(torch.full((1,), float(cfg.residual_gate_init)))  # noqa: E731
         self.gate_1 = gate() if cfg.residual_gates and has_attn else None
         self.gate_2 = gate() if cfg.residual_gates and has_mlp and role not in ("parallel", "fal") else None
@@ -251,8 +253,9 @@ class Block(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, src: torch.Tensor | None = None, rope=None,
-                values: ValueResidual | None = None):
-        """Returns (block output, substitute signal for later blocks)."""
+                values: ValueResidual | None = None, history: list[torch.Tensor] | None = None):
+        """Returns (block output, substitute signal for later blocks). ``history`` (DenseFormer):
+        the embedding and the earlier blocks' own outputs; this block appends its own."""
         x = self.resid_pre(x)
         c, role = self.comm, self.role
 
@@ -302,6 +305,9 @@ class Block(nn.Module):
         else:  # no_mlp
             a = self.drop(c.g(self._attend(self._in(self.ln_1, x), rope, values)))
             out = self.resid_mid(self._add(self.ln_1, x, a, self.gate_1))
+        if self.dwa is not None:  # the stream after this block: a weighted average over depth
+            history.append(out)
+            out = sum(w * h for w, h in zip(self.dwa, history))
         out = self.resid_post(out)
 
         if self.source_weight and role != "fal_source":
@@ -334,9 +340,6 @@ class GPT(nn.Module):
             self.register_buffer("rope_sin", sin, persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i, role) for i, role in enumerate(self.roles))
-        if cfg.dense_dwa:  # weights of block i over (embedding, outputs of blocks 0..i); start as identity
-            self.dwa = nn.ParameterList(
-                nn.Parameter(F.one_hot(torch.tensor(i + 1), i + 2).float()) for i in range(cfg.n_layer))
         self.ln_f = make_norm(cfg)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
@@ -379,11 +382,8 @@ class GPT(nn.Module):
         src = None
         values = ValueResidual(self.config.value_residual_lambda) if self.config.value_residual else None
         history = [x] if self.config.dense_dwa else None
-        for i, block in enumerate(self.blocks):
-            x, src = block(x, src, rope, values)
-            if history is not None:  # DenseFormer depth-weighted average
-                history.append(x)
-                x = sum(w * h for w, h in zip(self.dwa[i], history))
+        for block in self.blocks:
+            x, src = block(x, src, rope, values, history)
         logits = self.lm_head(self.ln_f(x))
         loss = None
         if targets is not None:

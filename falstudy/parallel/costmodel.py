@@ -164,7 +164,7 @@ def allreduce_counts(cfg: Any) -> dict[str, Any]:
     feeds_linear = (cfg.wiring == "fal" and not ln_sum) or (cfg.wiring == "fal_plus" and cfg.fal_plus_form == "f3")
     f_at_consumer = feeds_linear and per_block_src
     f_at_source = feeds_linear and not per_block_src
-    own_ln2 = not cfg.shared_ln
+    own_ln2 = not cfg.shared_ln and cfg.norm_placement == "pre"  # post-LN: one norm, after the add
 
     blocks: list[tuple[int, int]] = []
     for role in roles:

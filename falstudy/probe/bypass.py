@@ -9,7 +9,8 @@ first block's MHA output; the paper's a_1):
     ln_sum        MLP reads LN(x_i + a_0)               FAL's ``ln_sum`` form
 
 ``LN`` is the block's own MLP norm (``ln_2``, or ``ln_1`` where MHA and MLP share one) with its
-learned parameters, applied functionally. ``N`` is a parameter-free normalisation of the
+learned parameters, applied functionally (post-LN: the norm that makes the MLP's input, or
+none where a parallel-form MLP reads x_i itself). ``N`` is a parameter-free normalisation of the
 model's norm type: (a - mean(a)) / sqrt(var(a) + eps) over the feature axis for LayerNorm
 models, a / rms(a) for RMSNorm models; no learned scale or shift, since a trained baseline has
 none for this term. On a ``parallel`` model ``bypass`` reproduces exactly what the MLP already
@@ -48,11 +49,12 @@ class Intervention:
 
 def _edit(model, kind: str, i: int) -> S.Edit:
     norm = S.mlp_norm(model.blocks[i])
+    like = norm if norm is not None else model.ln_f  # N's norm type when the MLP reads x itself
     x_i, a_0 = S.Site("resid_pre", i), S.Site("attn_out", 0)
     if kind == "bypass":
         return S.Edit(S.Site("mlp_in", i), lambda v, env: S.apply_norm(norm, env[x_i]), (x_i,))
     if kind == "ln_plus_norm":
-        fn = lambda v, env: S.apply_norm(norm, env[x_i]) + S.plain_norm(env[a_0], norm)  # noqa: E731
+        fn = lambda v, env: S.apply_norm(norm, env[x_i]) + S.plain_norm(env[a_0], like)  # noqa: E731
         return S.Edit(S.Site("mlp_in", i), fn, (x_i, a_0))
     if kind == "ln_sum":
         return S.Edit(S.Site("mlp_in", i), lambda v, env: S.apply_norm(norm, env[x_i] + env[a_0]), (x_i, a_0))

@@ -4,7 +4,7 @@ A site is a tensor the model computes at a named submodule (``falstudy.models.SI
 
     kind        module (per block i)     value           meaning
     resid_pre   blocks.i.resid_pre       output          residual stream entering block i (x_i)
-    ln_1        blocks.i.ln_1            output          LN(x_i), the attention's input
+    ln_1        blocks.i.ln_1            output          LN(x_i), the attention's input (post-LN: LN(x_i + a_i))
     attn_out    blocks.i.attn            output          MHA output a_i
     ln_2        blocks.i.ln_2            output          the MLP's own norm (None when shared)
     resid_mid   blocks.i.resid_mid       output          x_i + a_i
@@ -242,7 +242,10 @@ def wrap(model: nn.Module) -> Any:
 # --- norms used by interventions (functional, so no module is called twice inside a trace) ---
 
 
-def apply_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def apply_norm(norm: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` applied functionally; None (a post-LN parallel-form MLP's "norm") is x itself."""
+    if norm is None:
+        return x
     if isinstance(norm, nn.LayerNorm):
         return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
     if isinstance(norm, nn.RMSNorm):
@@ -259,11 +262,12 @@ def plain_norm(x: torch.Tensor, like: nn.Module) -> torch.Tensor:
     return F.layer_norm(x, (x.shape[-1],), None, None, eps)
 
 
-def mlp_norm(block: nn.Module) -> nn.Module:
-    """The norm whose output the block's MLP reads: its own ln_2, or ln_1 when shared; under
-    post-LN (``norm_placement="post"``) the MLP reads ln_1(x + a), the norm after attention's add."""
-    if getattr(block, "post", False) and block.ln_1 is not None:
-        return block.ln_1
+def mlp_norm(block: nn.Module) -> nn.Module | None:
+    """The norm whose output the block's MLP reads: its own ln_2, or ln_1 when shared. Under
+    post-LN (``norm_placement="post"``) a baseline-form MLP reads ln_1(x + a), the norm after
+    attention's add, and a parallel-form MLP reads the stream itself (None: no norm)."""
+    if getattr(block, "post", False):
+        return block.ln_1 if block.role in ("baseline", "fal_plus") else None
     return block.ln_2 if block.ln_2 is not None else block.ln_1
 
 
