@@ -54,6 +54,9 @@ BAD_SPECS = {
     "nproc not tp x dp": (base(backend={"kind": "torchrun", "nproc": 2, "tp": 2, "dp": 2}), "backend.nproc", "tp x dp"),
     "tp on a local backend": (base(backend={"kind": "local", "tp": 2}), "backend.tp", "torchrun"),
     "parallel set in run": (base(run={"parallel": {"tp": 2}}), "run.parallel", "backend:"),
+    "parallel searched": (base(search={"parallel.dp": [1, 2]}), "search.parallel.dp", "backend:"),
+    "gradient hook under torchrun": (base(run={"train": {"grad_probe_every": 5}}, backend={"kind": "torchrun", "nproc": 2, "tp": 2}),
+                                     "run.train.grad_probe_every", "one process"),
     "sqlite": (base(storage="sqlite:///x.db"), "storage", "not supported"),
 }
 
@@ -198,3 +201,33 @@ def test_dead_and_live_workers_are_told_apart():
     assert "is gone" in why_dead(reused, host=host_name(), now=now, stale_after_s=600)
     assert why_dead(remote_fresh, host=host_name(), now=now, stale_after_s=600) is None
     assert "no heartbeat" in why_dead(remote_stale, host=host_name(), now=now, stale_after_s=600)
+
+
+def test_more_trial_ranks_than_cores_is_refused_before_anything_is_created(tmp_path):
+    from falstudy.parallel.launch import cpu_cores
+
+    data = tmp_path / "data" / "c"
+    data.mkdir(parents=True)
+    (data / "meta.json").write_text("{}")  # only its presence is checked before the cores
+    spec = {**base(backend={"kind": "torchrun", "nproc": 2, "tp": 2}, workers=cpu_cores()),
+            "results_dir": str(tmp_path / "results")}
+    spec["run"] = {**spec.get("run", {}), "data": {"path": str(data)}}
+    (tmp_path / "x.yaml").write_text(yaml.safe_dump(spec))
+    proc = _cli("sweep", "x.yaml", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "cores; lower workers" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("stopped, retry", [(True, True), (False, False)])
+def test_a_killed_trial_is_retried_only_when_the_sweep_stopped_it(stopped, retry, tmp_path):
+    """A trial the sweep interrupted resumes later; one killed by anything else (torchrun stopping
+    rank 0 because another rank died) fails with its log's last lines."""
+    from falstudy.sweep.worker import outcome
+
+    log = tmp_path / "trial.log"
+    log.write_text("rank 1 exited with signal SIGKILL\n")
+    out = outcome({"status": "killed", "error": "interrupted (SIGTERM/SIGINT)"}, 0, log, stopped=stopped, timed_out=None)
+    assert out.state == "FAIL" and bool(out.retry) == retry
+    if not stopped:
+        assert "did not send" in out.error and "SIGKILL" in out.error

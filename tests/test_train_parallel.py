@@ -160,3 +160,16 @@ def test_two_hosts_meet_at_a_rendezvous_endpoint(corpus, tmp_path):
     two, one = curve(tmp_path, "two", "val"), curve(tmp_path, "one", "val")
     assert two[5] == pytest.approx(one[5], abs=1e-4)
     assert set(falstudy.query(tmp_path / "two", "SELECT DISTINCT rank FROM timings")["rank"]) == {0, 1}
+
+
+def test_gloo_on_a_cuda_device_is_refused_not_quietly_run_on_cpu():
+    import torch
+
+    from falstudy.config import ParallelConfig
+    from falstudy.errors import FalstudyError
+    from falstudy.train.layout import make_layout
+
+    with pytest.raises(FalstudyError, match="gloo trains on CPU"):
+        make_layout(ParallelConfig(tp=2, backend="gloo"), torch.device("cuda"))
+    with pytest.raises(FalstudyError, match="nccl needs train.device=cuda"):
+        make_layout(ParallelConfig(tp=2, backend="nccl"), torch.device("cpu"))

@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     maybe_relaunch(tp=TP)
-    ctx = init_distributed(tp=TP)
+    ctx = init_distributed(tp=TP, backend="gloo")  # the benchmark's tensors live on the CPU
     group = ctx.tp_group
     cases = [Case(s, w, group) for s in args.shapes for w in WIRINGS]
     t_start = time.perf_counter()

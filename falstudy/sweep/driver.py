@@ -194,6 +194,10 @@ def run_sweep(spec_path: str | Path, *, workers: int | None = None, storage: str
     spec_path = Path(spec_path)
     spec = load_spec(spec_path, workers=workers)
     check_data(spec, str(spec_path))
+    ranks, cores = spec.workers * spec.backend.nproc, cpu_count()
+    if spec.backend.nproc > 1 and ranks > cores:
+        raise FalstudyError(f"{spec_path}: workers {spec.workers} x backend.nproc {spec.backend.nproc} = {ranks} ranks "
+                            f"on this host, but it has {cores} cores; lower workers (--workers)")
     url = storage_url(spec, storage, results_dir)
     group = results_group(spec, results_dir)
 

@@ -426,8 +426,9 @@ def _check_param(spec: SweepSpec, name: str, p: Param) -> None:
     key = resolve_key(name)
     if key == "seed":
         raise SpecError(at, "list seeds under seeds:, not search:")
-    if key in SWEEP_OWNED:
-        raise SpecError(at, "set by the sweep; it cannot be searched")
+    if key in SWEEP_OWNED or key.partition(".")[0] in SWEEP_OWNED:
+        raise SpecError(at, "set by the sweep; it cannot be searched" +
+                        (" (tp and dp come from backend:)" if key.startswith("parallel") else ""))
     section, _, field = key.partition(".")
     model_fields = RunConfig.model_fields
     known = section in model_fields and (
@@ -508,6 +509,9 @@ def _check_backend(spec: SweepSpec) -> None:
             check_tp(cfg.model, backend.tp)
         except FalstudyError as err:
             raise SpecError("backend.tp", f"{_describe(params)}: {err}") from None
+        if cfg.train.grad_probe_every:
+            raise SpecError("run.train.grad_probe_every", "works in one process only, not under torchrun; "
+                            "use probes: (they run on the checkpoint after training)")
 
 
 def _check_probes(probes: Probes) -> None:

@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         result = {"status": "failed", "error": f"{type(err).__name__}: {err}".splitlines()[0]}
     if rank() != 0:
-        return 0 if result.get("status") in ("completed", "pruned") else 3
+        return 0  # rank 0 reports; a non-zero exit here would make torchrun stop it mid-report
     write_json(payload["result_path"], result)
     print(json.dumps(result), flush=True)
     return 0 if result.get("status") in ("completed", "pruned") else 3

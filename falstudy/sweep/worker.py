@@ -177,6 +177,10 @@ def outcome(result: dict[str, Any] | None, returncode: int | None, log: Path, *,
     error = result.get("error") or status
     if status == "killed" and timed_out is not None and not stopped:
         return Outcome("FAIL", status=status, error=f"trial_timeout of {timed_out:g}s exceeded; stopped")
+    if status == "killed" and not stopped:  # e.g. torchrun stopping rank 0 after another rank died
+        tail = _log_tail(log)
+        why = "stopped by a signal the sweep did not send" + (f": {tail}" if tail else "")
+        return Outcome("FAIL", status=status, error=why[:2000])
     # interrupted trials resume later; diverged and crashed ones would do it again
     return Outcome("FAIL", status=status, error=str(error)[:2000], retry=status == "killed")
 
@@ -251,7 +255,8 @@ def run_trial(study: "optuna.Study", trial: "optuna.Trial", cfg: WorkerConfig) -
                 trial.set_user_attr("heartbeat", time.time())
 
     result = json.loads(result_path.read_text()) if result_path.is_file() else None
-    out = outcome(result, proc.returncode, log_path, stopped=stopped, timed_out=timed_out)
+    # a stop (SIGTERM/Ctrl-C to the sweep) may reach the trial before this loop sees it
+    out = outcome(result, proc.returncode, log_path, stopped=stopped or cfg.stop.requested, timed_out=timed_out)
     _tell(study, trial, out)
     export_trials(study, cfg.group, [number])
     ingest_quietly(cfg.group)

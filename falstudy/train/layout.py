@@ -151,7 +151,9 @@ class Distributed(Single):
         with self.meter.paused():
             full_model = gather_state_dict(model)
             full_optimizer = gather_optimizer_state_dict(model, optimizer)
-        return (full_model, full_optimizer) if self.is_main else (None, None)
+        if not self.is_main:
+            return None, None
+        return full_model, _to_cpu(full_optimizer)
 
     def load(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
         from falstudy.parallel import load_full_optimizer_state_dict, load_full_state_dict
@@ -177,6 +179,17 @@ class Distributed(Single):
             shutdown()
 
 
+def _to_cpu(obj: Any) -> Any:
+    """A state dict with every tensor on the CPU (an ordinary, loadable-anywhere checkpoint)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return obj
+
+
 def make_layout(parallel: Any, device: torch.device) -> Single:
     """The layout a run's ``parallel`` config asks for (``device`` from ``train.device``)."""
     from falstudy.parallel.launch import in_torchrun
@@ -190,6 +203,9 @@ def make_layout(parallel: Any, device: torch.device) -> Single:
         backend = "nccl" if device.type == "cuda" else "gloo"
     if backend == "nccl" and device.type != "cuda":
         raise FalstudyError("parallel.backend=nccl needs train.device=cuda (or auto on a GPU machine); use gloo on CPU")
+    if backend == "gloo" and device.type == "cuda":  # init_distributed would quietly train on CPU
+        raise FalstudyError("parallel.backend=gloo trains on CPU; use nccl (or auto) for train.device=cuda, "
+                            "or set train.device=cpu")
     return Distributed(init_distributed(parallel.tp, parallel.dp, backend))
 
 

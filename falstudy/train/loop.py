@@ -201,7 +201,8 @@ def _train(cfg: RunConfig, layout, quiet: bool, resume: bool, ingest: bool, on_e
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # data order
     start_step, val_loss = 0, None
     if resume and layout.share(ckpt_path.exists()):
-        state = read_checkpoint(ckpt_path, map_location=device)
+        # to CPU first: the RNG states must be CPU tensors, and TP ranks keep only their shard
+        state = read_checkpoint(ckpt_path, map_location="cpu")
         # through the config class, so fields added since the checkpoint take their defaults
         saved = validate(type(cfg.model), state["config"]["model"], f"{ckpt_path} (model config)")
         if saved.model_dump(mode="json") != cfg.model.model_dump(mode="json"):
