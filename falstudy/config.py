@@ -68,7 +68,8 @@ class ModelConfig(_Strict):
 
     # --- related wirings from the literature around FAL, orthogonal to ``wiring``
     norm_placement: Literal["pre", "post"] = Field(
-        "pre", description="pre: sublayers read LN(x); post: sublayers read x and the stream is normalised after each add"
+        "pre", description="pre: sublayers read LN(x); post: sublayers read x and the stream is normalised after "
+        "each add (untie the embeddings: tied, post-LN trained to the unigram loss here)"
     )
     residual_gates: bool = Field(False, description="a learned scalar on each residual update, after its all-reduce")
     residual_gate_init: float = Field(1.0, description="initial value of the residual gates (0 = ReZero)")

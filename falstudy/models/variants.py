@@ -32,7 +32,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "llama_fal": {"wiring": "fal", **LLAMA_BLOCK},
     "llama_fal_plus": {"wiring": "fal_plus", **LLAMA_BLOCK},
     # related wirings (PAPER.md); each is a switch, so it combines with any wiring via --set
-    "post_ln": {"wiring": "baseline", "norm_placement": "post"},
+    # untied: with tied embeddings a post-LN GPT sat at the unigram loss here (the norm right after
+    # the embedding scales the shared matrix's input-side gradient up ~1/std = 50x over the output side)
+    "post_ln": {"wiring": "baseline", "norm_placement": "post", "tie_weights": False},
     "residual_gates": {"wiring": "baseline", "residual_gates": True},
     "value_residual": {"wiring": "baseline", "value_residual": True},
     "fal_value_residual": {"wiring": "fal", "value_residual": True},
