@@ -15,7 +15,7 @@ Only global rank 0 (``is_main``) writes the spool, the checkpoint and the progre
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -207,12 +207,3 @@ def make_layout(parallel: Any, device: torch.device) -> Single:
         raise FalstudyError("parallel.backend=gloo trains on CPU; use nccl (or auto) for train.device=cuda, "
                             "or set train.device=cpu")
     return Distributed(init_distributed(parallel.tp, parallel.dp, backend))
-
-
-@contextlib.contextmanager
-def opened(parallel: Any, device: torch.device) -> Iterator[Single]:
-    layout = make_layout(parallel, device)
-    try:
-        yield layout
-    finally:
-        layout.close()
