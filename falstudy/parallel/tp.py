@@ -153,18 +153,21 @@ def _gather_dim(t: torch.Tensor, dim: int, plan: TPPlan) -> torch.Tensor:
     return torch.cat(parts, dim=dim)
 
 
-def _gather_named(plan: TPPlan, local: dict[str, torch.Tensor], order: list[str]) -> dict[str, torch.Tensor] | None:
+def _gather_named(plan: TPPlan, local: dict[str, torch.Tensor], order: list[str],
+                  cpu: bool = False) -> dict[str, torch.Tensor] | None:
     """Full tensors on TP rank 0 (None elsewhere). ``order`` lists the sharded names present
-    on every rank, in the same order everywhere (every rank takes part in each gather)."""
+    on every rank, in the same order everywhere (every rank takes part in each gather). With
+    ``cpu``, each full tensor moves to the CPU as soon as it is gathered, so the device never
+    holds more than one of them."""
     out: dict[str, torch.Tensor] = {}
     for name in order:
         full = _gather_dim(local[name], plan.sharded[name], plan) if plan.tp > 1 else local[name]
         if plan.rank == 0:
-            out[name] = full
+            out[name] = full.cpu() if cpu else full
     if plan.rank != 0:
         return None
     # rank 0 holds every other tensor whole; keep the single-process key order
-    return {k: out.get(k, v) for k, v in local.items()}
+    return {k: out[k] if k in out else (v.cpu() if cpu else v) for k, v in local.items()}
 
 
 def gather_state_dict(model: nn.Module, cpu: bool = True) -> dict[str, torch.Tensor] | None:
@@ -174,10 +177,7 @@ def gather_state_dict(model: nn.Module, cpu: bool = True) -> dict[str, torch.Ten
     TP group gathers its own copy); write the one of global rank 0."""
     plan = plan_of(model)
     local = {k: v.detach() for k, v in model.state_dict().items()}
-    full = _gather_named(plan, local, [k for k in local if k in plan.sharded])
-    if full is not None and cpu:
-        full = {k: v.cpu() for k, v in full.items()}
-    return full
+    return _gather_named(plan, local, [k for k in local if k in plan.sharded], cpu=cpu)
 
 
 def gather_grads(model: nn.Module) -> dict[str, torch.Tensor] | None:
@@ -247,7 +247,7 @@ def gather_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimiz
             if isinstance(value, torch.Tensor) and value.dim() > 0 and plan.tp > 1:
                 full = _gather_dim(value, plan.sharded[n], plan)
                 if plan.rank == 0:
-                    by_name[n][key] = full
+                    by_name[n][key] = full.cpu()  # one full moment at a time on the device
     if plan.rank != 0:
         return None
     return {"state": {i: by_name[n] for i, n in enumerate(names) if by_name[n]}, "param_groups": osd["param_groups"]}

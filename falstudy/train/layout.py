@@ -148,6 +148,8 @@ class Distributed(Single):
         """The single-process state dicts on global rank 0, None elsewhere (collective)."""
         from falstudy.parallel import gather_optimizer_state_dict, gather_state_dict
 
+        if self.ctx.dp_rank != 0:  # the other replicas hold the same weights: only replica 0 gathers
+            return None, None
         with self.meter.paused():
             full_model = gather_state_dict(model)
             full_optimizer = gather_optimizer_state_dict(model, optimizer)
