@@ -118,14 +118,13 @@ def _launch_parallel(cfg, nnodes: int, rdzv_endpoint: str | None, allow_oversubs
     from falstudy.parallel import check_tp, maybe_relaunch
     from falstudy.parallel.launch import resolve_backend
 
-    from falstudy.train.loop import open_data
+    from falstudy.train.loop import check_hooks, open_data
 
+    # what every rank would refuse, refused once here: one line, not one per rank plus torchrun's report
     check_tp(cfg.model, cfg.parallel.tp)
     resolve_backend(cfg.parallel.backend)
-    open_data(cfg)  # a missing corpus is one line here, not one per rank plus torchrun's report
-    if cfg.train.grad_probe_every:
-        raise FalstudyError("train.grad_probe_every works in one process only; probe the checkpoint instead "
-                            "(falstudy probe RUN --probes grads)")
+    check_hooks(cfg)
+    open_data(cfg)
     maybe_relaunch(cfg.parallel.tp, cfg.parallel.dp, nnodes, rdzv_endpoint, allow_oversubscribe)
 
 

@@ -39,11 +39,6 @@ class Single:
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
         return model
 
-    @property
-    def global_batch(self) -> int:
-        """Sequences per step over all ranks, per sequence of ``train.batch_size``."""
-        return 1
-
     def batch(self, data, batch_size: int, seq_len: int, gen: torch.Generator):
         return data.get_batch(batch_size, seq_len, gen, self.device)
 
@@ -104,10 +99,6 @@ class Distributed(Single):
         from falstudy.parallel import parallelize
 
         return parallelize(model, self.ctx.tp_group, self.meter)
-
-    @property
-    def global_batch(self) -> int:
-        return self.dp
 
     def batch(self, data, batch_size: int, seq_len: int, gen: torch.Generator):
         # every rank draws the same global batch (same data seed) and keeps its DP rows

@@ -141,14 +141,12 @@ def train(
     """Train one run. ``config`` is a RunConfig, a dict, or a YAML path; ``overrides`` use dotted
     keys with ``__`` for dots, e.g. ``train(variant="fal", train__steps=200)``."""
     cfg = as_run_config(config, {k.replace("__", "."): v for k, v in overrides.items()})
+    check_hooks(cfg, hooks)
     hooks = list(hooks)
     if cfg.train.grad_probe_every:
         from falstudy.probe.grads import GradientHook
 
         hooks.append((cfg.train.grad_probe_every, GradientHook()))
-    if hooks and cfg.parallel.world > 1:
-        raise FalstudyError("step hooks (train.grad_probe_every) see one process's shard under tp/dp > 1; train "
-                            "in one process, or probe the checkpoint: falstudy probe RUN --probes grads")
 
     t = cfg.train
     device = resolve_device(t.device)
@@ -157,6 +155,13 @@ def train(
         return _train(cfg, layout, quiet, resume, ingest, on_eval, hooks)
     finally:
         layout.close()
+
+
+def check_hooks(cfg: RunConfig, hooks: list[StepHook] = ()) -> None:
+    """Step hooks (``train.grad_probe_every`` too) would see one rank's shard under tp/dp > 1."""
+    if (hooks or cfg.train.grad_probe_every) and cfg.parallel.world > 1:
+        raise FalstudyError("step hooks (train.grad_probe_every) work in one process only, not under tp/dp > 1; "
+                            "probe the checkpoint instead: falstudy probe RUN --probes grads")
 
 
 def open_data(cfg: RunConfig):
@@ -242,7 +247,7 @@ def _train(cfg: RunConfig, layout, quiet: bool, resume: bool, ingest: bool, on_e
     spool.write_table("runs", [{**run_row, "status": "running", "final_step": start_step}])
 
     autocast = _autocast(cfg, device)
-    tokens_per_step = t.batch_size * layout.global_batch * seq_len
+    tokens_per_step = t.batch_size * (layout.dp or 1) * seq_len  # the global batch
     meter = ThroughputMeter()
     metrics: list[dict] = []  # all rows, for the caller
     pending: list[dict] = []  # rows not yet flushed
@@ -290,7 +295,7 @@ def _train(cfg: RunConfig, layout, quiet: bool, resume: bool, ingest: bool, on_e
 
     def run_eval(step: int) -> float:
         # the same eval batches as one process with the global batch; each DP rank takes its rows
-        batches = val_data.eval_batches(t.batch_size * layout.global_batch, seq_len, t.eval_batches)
+        batches = val_data.eval_batches(t.batch_size * (layout.dp or 1), seq_len, t.eval_batches)
         with layout.paused():  # evaluation's collectives are not training's
             val = layout.mean(evaluate(model, (layout.rows(x, y) for x, y in batches), device, autocast))
         record(step, "val", loss=val, ppl=math.exp(min(val, 50)))
