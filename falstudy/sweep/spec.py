@@ -426,7 +426,7 @@ def _check_param(spec: SweepSpec, name: str, p: Param) -> None:
     key = resolve_key(name)
     if key == "seed":
         raise SpecError(at, "list seeds under seeds:, not search:")
-    if key in SWEEP_OWNED or key.partition(".")[0] in SWEEP_OWNED:
+    if key.partition(".")[0] in SWEEP_OWNED:
         raise SpecError(at, "set by the sweep; it cannot be searched" +
                         (" (tp and dp come from backend:)" if key.startswith("parallel") else ""))
     section, _, field = key.partition(".")
@@ -492,6 +492,7 @@ def _check_storage(storage: str | None) -> None:
 def _check_backend(spec: SweepSpec) -> None:
     from falstudy.config import RunConfig
     from falstudy.parallel import check_tp
+    from falstudy.train.loop import check_hooks
 
     backend = spec.backend
     if backend.kind == "local":
@@ -505,13 +506,12 @@ def _check_backend(spec: SweepSpec) -> None:
     for cell in (cells(spec) if spec.is_grid else [None]):
         params = cell.params if cell else {}
         cfg = RunConfig.model_validate(run_config_data(spec, params, spec.seeds[0], None))
-        try:
-            check_tp(cfg.model, backend.tp)
-        except FalstudyError as err:
-            raise SpecError("backend.tp", f"{_describe(params)}: {err}") from None
-        if cfg.train.grad_probe_every:
-            raise SpecError("run.train.grad_probe_every", "works in one process only, not under torchrun; "
-                            "use probes: (they run on the checkpoint after training)")
+        for at, check in (("backend.tp", lambda: check_tp(cfg.model, backend.tp)),
+                          ("run.train.grad_probe_every", lambda: check_hooks(cfg))):
+            try:
+                check()
+            except FalstudyError as err:
+                raise SpecError(at, f"{_describe(params)}: {err}") from None
 
 
 def _check_probes(probes: Probes) -> None:
