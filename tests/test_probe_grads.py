@@ -74,7 +74,31 @@ def test_fal_source_layer_gets_the_largest_activation_gradient():
 def test_blocks_without_attention_report_only_parameters():
     rows = gradient_norms(tiny("no_attn", ablate_layers=[1]), batches(1))
     assert sorted(r["layer"] for r in rows if r["site"] == "attn_out" and r["metric"] == "grad_norm") == [0, 2]
-    assert {r["site"] for r in rows if r["layer"] == 1} == {"block_params", "mlp_params"}
+    # the stream still enters block 1 (its rms is reported), but nothing of attention
+    assert {r["site"] for r in rows if r["layer"] == 1} == {"block_params", "mlp_params", "resid_pre"}
+
+
+@pytest.mark.parametrize("wiring", ["baseline", "fal"])
+def test_scale_free_attribution_and_stream_rms_match_autograd(wiring):
+    m, data = tiny(wiring), batches()
+    rows = gradient_norms(m, data)
+    attribution, rms = [0.0] * 3, [0.0] * 3
+    for x, y in data:
+        acts, streams = [], []
+        hooks = [b.attn.register_forward_hook(lambda mod, i, o: acts.append(o)) for b in m.blocks]
+        hooks += [b.resid_pre.register_forward_hook(lambda mod, i, o: streams.append(o)) for b in m.blocks]
+        _, loss = m(x, y)
+        for h in hooks:
+            h.remove()
+        grads = torch.autograd.grad(loss, acts)
+        for i in range(3):
+            attribution[i] += float((grads[i] * acts[i]).sum(-1).abs().sum()) / len(data)
+            rms[i] += float(streams[i].square().mean().sqrt()) / len(data)
+    for i in range(3):
+        assert value(rows, "attn_out", i, "grad_x_act") == pytest.approx(attribution[i], rel=1e-5)
+        assert value(rows, "resid_pre", i, "rms") == pytest.approx(rms[i], rel=1e-5)
+    # the stream entering block 0 (embeddings, std 0.02 at init) is far smaller than later ones
+    assert value(rows, "resid_pre", 0, "rms") < value(rows, "resid_pre", 2, "rms")
 
 
 def test_trainer_hook_leaves_the_training_state_alone():

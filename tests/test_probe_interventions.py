@@ -83,12 +83,14 @@ def test_attention_removal_rows_and_cumulative_consistency():
     m = tiny()
     rows = attention_removal(m, batches())
     assert {r["site"] for r in rows} == {"attn_out"}
-    assert len(rows) == 2 * 2 * 3 * 4  # modes x schemes x layers x (loss, delta_loss, ppl, delta_ppl)
+    # modes x (single and cumulative at 3 layers, rest once) x (loss, delta_loss, ppl, delta_ppl)
+    assert len(rows) == 2 * (2 * 3 + 1) * 4
     # cumulative removal of layers 0..0 is single removal of layer 0
     assert pick(rows, "zero_cumulative.loss", 0) == pick(rows, "zero.loss", 0)
     # removing attention everywhere hurts these weights more than nothing
     assert pick(rows, "zero_cumulative.delta_loss", 2) != 0
-    assert json.loads(rows[-1]["extra_json"])["layers"] == [0, 1, 2]
+    last = next(r for r in rows if r["metric"] == "mean_cumulative.loss" and r["layer"] == 2)
+    assert json.loads(last["extra_json"])["layers"] == [0, 1, 2]
     # by hand: zero attention of layer 1 in a baseline model
     x, y = batches()[0]
     with torch.no_grad():
@@ -101,6 +103,50 @@ def test_attention_removal_rows_and_cumulative_consistency():
         manual = F.cross_entropy(m.lm_head(m.ln_f(h)).flatten(0, 1), y.flatten())
     one = attention_removal(m, [(x, y)], modes=["zero"], schemes=["single"])
     assert pick(one, "zero.loss", 1) == pytest.approx(float(manual), abs=1e-5)
+
+
+def loss_of(m, data, block_fn) -> float:
+    """Mean loss of a forward pass written by hand: ``block_fn(i, block, h, src) -> (h, src)``."""
+    total = 0.0
+    with torch.no_grad():
+        for x, y in data:
+            h, src = m.wte(x) + m.wpe(torch.arange(16)), None
+            for i, b in enumerate(m.blocks):
+                h, src = block_fn(i, b, h, src)
+            total += float(F.cross_entropy(m.lm_head(m.ln_f(h)).flatten(0, 1), y.flatten()))
+    return total / len(data)
+
+
+def test_rest_removes_every_attention_but_the_first_at_once():
+    m = tiny()
+    data = batches()
+    rows = attention_removal(m, data, modes=["zero"], schemes=["rest"])
+    assert {r["metric"] for r in rows} == {f"zero_rest.{k}" for k in ("loss", "delta_loss", "ppl", "delta_ppl")}
+    assert json.loads(rows[0]["extra_json"])["layers"] == [1, 2] and rows[0]["layer"] == 1
+
+    def no_later_attention(i, b, h, src):
+        return (b(h)[0] if i == 0 else h + b.mlp(b.ln_2(h))), src
+
+    assert pick(rows, "zero_rest.loss", 1) == pytest.approx(loss_of(m, data, no_later_attention), abs=1e-5)
+
+
+def test_stream_only_removal_on_fal_keeps_the_substitute_signal():
+    """On fal, zeroing a_0 also zeroes N_f(a_0); ``zero_stream`` removes a_0 from the stream only."""
+    m = tiny("fal")
+    data = batches()
+    rows = attention_removal(m, data, modes=["zero"], schemes=["single"])
+    assert pick(rows, "zero_stream.loss", 0) != pytest.approx(pick(rows, "zero.loss", 0), abs=1e-4)
+    # a later layer's attention does not feed N_f: both conditions are the same intervention
+    assert pick(rows, "zero_stream.loss", 1) == pick(rows, "zero.loss", 1)
+
+    def stream_only(i, b, h, src):
+        if i == 0:  # block 0 is baseline-form: its MLP reads LN2(x) once a_0 leaves the stream
+            a = b.attn(b.ln_1(h))
+            return h + b.mlp(b.ln_2(h)), b._make_src(a)
+        return b(h, src)
+
+    assert pick(rows, "zero_stream.loss", 0) == pytest.approx(loss_of(m, data, stream_only), abs=1e-5)
+    assert not any(r["metric"].startswith("zero_stream") for r in attention_removal(tiny(), batches(1)))
 
 
 def test_attention_removal_skips_blocks_without_attention():
@@ -180,6 +226,21 @@ def test_substitutions_follow_their_equations():
     assert pick(rows, "ln_plus_norm.loss", 2) == pytest.approx(out["ln_plus_norm"], abs=1e-5)
     assert pick(rows, "ln_sum.loss", 2) == pytest.approx(out["ln_sum"], abs=1e-5)
     assert not any(r["layer"] == 0 for r in rows)  # block 0 supplies a_0: never substituted
+
+
+def test_bypass_rest_cuts_the_same_mlps_the_substitutes_rewrite():
+    m = tiny("baseline")
+    data = batches()
+    rows = bypass_probe(m, data, kinds=["bypass", "ln_sum"], scopes=["all", "rest"])
+    assert json.loads(next(r for r in rows if r["metric"] == "bypass_rest.loss")["extra_json"])["layers"] == [1, 2]
+    assert json.loads(next(r for r in rows if r["metric"] == "ln_sum_all.loss")["extra_json"])["layers"] == [1, 2]
+    assert json.loads(next(r for r in rows if r["metric"] == "bypass_all.loss")["extra_json"])["layers"] == [0, 1, 2]
+    assert not any(r["metric"].startswith("ln_sum_rest") for r in rows)  # "all" already starts at layer 1
+
+    def cut_later(i, b, h, src):
+        return (b(h)[0] if i == 0 else h + b.attn(b.ln_1(h)) + b.mlp(b.ln_2(h))), src
+
+    assert pick(rows, "bypass_rest.loss", 1) == pytest.approx(loss_of(m, data, cut_later), abs=1e-5)
 
 
 def test_fal_model_already_reads_ln_plus_plain_norm_of_a0():

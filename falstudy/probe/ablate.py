@@ -5,8 +5,18 @@ The mean ablation uses the mean MHA output over the tokens of a reference batch 
 excluded, as for CKA): one d-vector per layer, the same at every position. Interventions are
 nnsight edits on the ``blocks.i.attn`` output; the model code is untouched.
 
+Schemes: ``single`` (one layer at a time), ``cumulative`` (layers 0..i) and ``rest`` (every
+layer but the first at once; reported at layer 1: the attention counterpart of the bypass
+probe's ``bypass_rest``, so the two compare the same layers).
+
+On models with a substitute signal (fal, fal_plus) a_0 is also what N_f(a_0) is made of, so
+removing it removes two things. ``<mode>_stream`` removes a_i from the residual stream only and
+keeps the substitute signal as the intact model made it (the ``fal_src`` site is restored): the
+intervention that compares like for like with a baseline. ``<mode>`` removes it everywhere.
+
 Rows: site ``attn_out``, ``layer`` = i, metrics ``<condition>.loss|delta_loss|ppl|delta_ppl``
-with condition ``zero``, ``mean``, ``zero_cumulative``, ``mean_cumulative``; the deltas are
+with condition ``zero``, ``mean``, ``zero_cumulative``, ``mean_cumulative``, ``zero_rest``,
+``mean_rest``, and on fal/fal_plus models ``zero_stream``, ``mean_stream``; the deltas are
 against the intact model on the same batches.
 """
 
@@ -21,7 +31,7 @@ from falstudy.probe import sites as S
 from falstudy.probe.rows import ppl, row
 
 MODES = ("zero", "mean")
-SCHEMES = ("single", "cumulative")
+SCHEMES = ("single", "cumulative", "rest")
 
 
 def attention_means(model, ref: torch.Tensor, *, nm=None, exclude_first: bool = True) -> dict[int, torch.Tensor]:
@@ -75,26 +85,41 @@ def attention_removal(
         return []
     means = attention_means(model, batches[0][0] if ref is None else ref, nm=nm) if "mean" in modes else None
 
-    # condition name -> layers ablated, keyed by the reported layer
-    conditions: dict[tuple[str, int], tuple[str, list[int]]] = {}
+    # substitute-signal sites: restored to their intact values by the "stream only" conditions
+    src_sites = S.layer_sites(model, "fal_src")
+    sources = set(model.config.fal_source_layers) if src_sites else set()
+
+    # (condition name, reported layer) -> (mode, layers ablated, restore the substitute signal?)
+    conditions: dict[tuple[str, int], tuple[str, list[int], bool]] = {}
     for mode in modes:
         for scheme in schemes:
+            if scheme == "rest":
+                if len(layers) > 1:
+                    conditions[(f"{mode}_rest", layers[1])] = (mode, layers[1:], False)
+                continue
             for k, i in enumerate(layers):
-                name = mode if scheme == "single" else f"{mode}_cumulative"
-                conditions[(name, i)] = (mode, [i] if scheme == "single" else layers[: k + 1])
+                if scheme == "single":
+                    conditions[(mode, i)] = (mode, [i], False)
+                    if src_sites:
+                        conditions[(f"{mode}_stream", i)] = (mode, [i], True)
+                else:
+                    conditions[(f"{mode}_cumulative", i)] = (mode, layers[: k + 1], False)
 
     totals = {key: 0.0 for key in conditions}
     intact = 0.0
     with torch.no_grad():
         for x, y in batches:
-            _, loss = S.trace(nm, x, y, S.make_plan(order, []))
+            env0, loss = S.trace(nm, x, y, S.make_plan(order, src_sites))
             intact += float(loss)
-            done: dict[tuple[str, tuple[int, ...]], float] = {}  # cumulative over layer 0 == single
-            for key, (mode, abl) in conditions.items():
-                memo = (mode, tuple(abl))
+            done: dict[tuple, float] = {}  # identical conditions run once (cumulative at layer 0 == single)
+            for key, (mode, abl, restore) in conditions.items():
+                restore = restore and bool(sources & set(abl))  # elsewhere a_i does not feed N_f
+                memo = (mode, tuple(abl), restore)
                 if memo not in done:
-                    plan = S.make_plan(order, [], ablation_edits(abl, mode, means))
-                    done[memo] = float(S.trace(nm, x, y, plan)[1])
+                    edits = ablation_edits(abl, mode, means)
+                    if restore:
+                        edits += [S.Edit(s, lambda v, env, keep=env0[s]: keep) for s in src_sites]
+                    done[memo] = float(S.trace(nm, x, y, S.make_plan(order, [], edits))[1])
                 totals[key] += done[memo]
             if progress:
                 progress(1)

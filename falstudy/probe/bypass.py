@@ -16,9 +16,11 @@ models, a / rms(a) for RMSNorm models; no learned scale or shift, since a traine
 none for this term. On a ``parallel`` model ``bypass`` reproduces exactly what the MLP already
 reads, so it changes nothing.
 
-Scope: one layer at a time (condition ``<kind>``, layer = i) or all layers at once
-(``<kind>_all``; layer = the first one). ``bypass`` covers every block with both MHA and MLP;
-the substitutions start after block 0, which supplies a_0.
+Scope: one layer at a time (condition ``<kind>``, layer = i), all layers at once
+(``<kind>_all``; layer = the first one), or, for ``bypass``, every layer but 0 at once
+(``bypass_rest``, layer = 1). ``bypass`` covers every block with both MHA and MLP; the
+substitutions start after block 0, which supplies a_0, so ``bypass_rest`` is the cut that
+compares like for like with ``ln_plus_norm_all`` and ``ln_sum_all`` (the same MLPs rewritten).
 
 Rows: site ``mlp`` with ``<cond>.loss|delta_loss|ppl|delta_ppl``; and, for every later layer j
 >= the (first) intervened layer (``layer_b`` = j), sites ``mlp_in`` and ``resid_post`` with
@@ -61,7 +63,10 @@ def _edit(model, kind: str, i: int) -> S.Edit:
     raise FalstudyError(f"unknown bypass kind {kind!r}; known: {', '.join(KINDS)}")
 
 
-def interventions(model, kinds=KINDS, scopes=("single", "all")) -> list[Intervention]:
+SCOPES = ("single", "all", "rest")
+
+
+def interventions(model, kinds=KINDS, scopes=SCOPES) -> list[Intervention]:
     both = [
         i for i, b in enumerate(model.blocks) if getattr(b, "attn", None) is not None and getattr(b, "mlp", None) is not None
     ]
@@ -79,6 +84,9 @@ def interventions(model, kinds=KINDS, scopes=("single", "all")) -> list[Interven
             out += [Intervention(kind, [i], [_edit(model, kind, i)]) for i in layers]
         if "all" in scopes and layers:
             out.append(Intervention(f"{kind}_all", layers, [_edit(model, kind, i) for i in layers]))
+        rest = [i for i in layers if i > 0]
+        if "rest" in scopes and rest and rest != layers:  # only where "all" includes layer 0
+            out.append(Intervention(f"{kind}_rest", rest, [_edit(model, kind, i) for i in rest]))
     return out
 
 
@@ -98,7 +106,7 @@ def bypass_probe(
     batches,
     *,
     kinds=KINDS,
-    scopes=("single", "all"),
+    scopes=SCOPES,
     positions_per_seq: int | None = 32,
     exclude_first: bool = True,
     seed: int = 0,

@@ -7,6 +7,12 @@ next-token loss on the batch. Metrics, averaged over batches:
     attn_out     grad_norm            ||dL/da_i||_F over the whole (B, T, d) batch
     attn_out     grad_norm_per_token  mean over tokens of ||d(sum of token losses)/da_i[b, t]||,
                                       i.e. B*T*||dL/da_i[b, t]||: comparable across batch shapes
+    attn_out     grad_x_act           sum over tokens of |dL/da_i[b, t] · a_i[b, t]|: the first-order
+                                      loss change from removing a_i at each position (nats). Unlike
+                                      the norms it does not grow when a_i is small: a norm after a_i
+                                      makes dL/da_i scale as 1/scale, so a layer whose input stream is
+                                      small (layer 0) gets a large raw gradient for that reason alone
+    resid_pre    rms                  root mean square of the stream entering block i (that scale)
     block_params grad_norm            ||dL/dθ|| over all parameters of block i
     attn_params  grad_norm            ... over block i's MHA parameters
     mlp_params   grad_norm            ... over block i's MLP parameters
@@ -33,25 +39,33 @@ def _param_norm(module) -> float:
     return float(torch.stack(sq).sum().sqrt()) if sq else math.nan
 
 
-def _one_batch(model, nm, x, y) -> dict[tuple[str, int, str], float]:
+def _one_batch(model, nm, order, x, y) -> dict[tuple[str, int, str], float]:
     attn = S.layer_sites(model, "attn_out")
+    streams = S.layer_sites(model, "resid_pre")
+    visits = sorted(attn + streams, key=lambda s: order[(s.module_path, s.io)])  # nnsight reads in forward order
     for p in model.parameters():
         p.grad = None
     norms = None
     loss = None
     with nm.trace(x, y):
-        handles = [S.module_at(nm, s.module_path).output for s in attn]
+        handles = {s: S.module_at(nm, s.module_path).output for s in visits}
+        rms = S._save([float(handles[s].detach().double().square().mean().sqrt()) for s in streams])
         loss = S._save(nm.output[1])
-        norms = S._save([None] * len(handles))
+        norms = S._save([None] * len(attn))
         with loss.backward():
-            for k in reversed(range(len(handles))):  # gradients arrive in reverse forward order
-                g = handles[k].grad.detach().double()
+            for k in reversed(range(len(attn))):  # gradients arrive in reverse forward order
+                a = handles[attn[k]]
+                g = a.grad.detach().double()
                 per_token = g.norm(dim=-1).mean() * (g.shape[0] * g.shape[1])
-                norms[k] = (float(g.norm()), float(per_token))
+                x_act = (g * a.detach().double()).sum(dim=-1).abs().sum()
+                norms[k] = (float(g.norm()), float(per_token), float(x_act))
     out: dict[tuple[str, int, str], float] = {}
-    for s, (full, per_token) in zip(attn, norms):
+    for s, (full, per_token, x_act) in zip(attn, norms):
         out[("attn_out", s.layer, "grad_norm")] = full
         out[("attn_out", s.layer, "grad_norm_per_token")] = per_token
+        out[("attn_out", s.layer, "grad_x_act")] = x_act
+    for s, value in zip(streams, rms):
+        out[("resid_pre", s.layer, "rms")] = value
     for i, block in enumerate(model.blocks):
         out[("block_params", i, "grad_norm")] = _param_norm(block)
         if block.attn is not None:
@@ -71,9 +85,10 @@ def gradient_norms(model, batches, *, nm=None, progress=None, **extra) -> list[d
     model.eval()
     sums: dict[tuple[str, int, str], float] = {}
     n = 0
+    order = S.forward_order(model)
     try:
         for x, y in batches:
-            for key, v in _one_batch(model, nm, x, y).items():
+            for key, v in _one_batch(model, nm, order, x, y).items():
                 sums[key] = sums.get(key, 0.0) + v
             n += 1
             if progress:

@@ -1,5 +1,6 @@
 """``falstudy report RESULTS_DIR [--out DIR]``: the notebooks' figures as PNGs and one HTML page,
-for machines without Jupyter. Registered by falstudy/cli.py with ``register(app)``."""
+for machines without Jupyter; ``falstudy verdict RESULTS_DIR...``: each claim of the study with
+its interval, test and verdict. Registered by falstudy/cli.py with ``register(app)``."""
 
 from __future__ import annotations
 
@@ -34,3 +35,24 @@ def register(app: typer.Typer) -> None:
                    f"{len(done.failed)} failed")
         if done.failed:
             raise typer.Exit(1)
+
+    @app.command()
+    def verdict(
+        results: Annotated[list[Path], typer.Argument(help="one or more results groups, e.g. results/bypass (several: e.g. one per model size)")],
+        write: Annotated[bool, typer.Option("--write/--no-write", help="store the rows as the verdicts table of the first group")] = True,
+        csv: Annotated[bool, typer.Option("--csv", help="print the rows as CSV instead of the table")] = False,
+    ) -> None:
+        """Each claim of the study the results can test: effect, 95% interval, test, p, seeds and a verdict
+        (holds / does not hold / inconclusive at this scale). Method: docs/report.md."""
+        from falstudy.report import verdicts
+
+        for folder in results:
+            if not folder.is_dir():
+                raise FalstudyError(f"{folder}: no such results folder; pass results/<name> (a sweep or train --name)")
+        report = verdicts.compute(results)
+        if write:
+            verdicts.write(report, results[0])
+        if csv:
+            typer.echo(report.frame().to_csv(index=False), nl=False)
+        else:
+            typer.echo(verdicts.text_table(report))

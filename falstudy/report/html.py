@@ -78,6 +78,30 @@ def _render(analysis: Analysis, res: Results, out: Path, report: Report) -> str:
     return f"{head}\n{body}"
 
 
+VERDICT_COLUMNS = ["claim", "variant", "size", "effect", "ci_lo", "ci_hi", "unit", "test", "p", "n", "verdict",
+                   "seeds_needed", "note"]
+
+
+def _verdict_section(res: Results, report: Report) -> str:
+    """The study's claims with their intervals and verdicts (falstudy.report.verdicts), first."""
+    from falstudy.report import verdicts
+
+    head = '<h2 id="verdicts">Verdicts: the claims of the study, tested</h2>'
+    try:
+        found = verdicts.compute([res.root])
+    except FalstudyError as err:
+        report.missing["verdicts"] = str(err)
+        return f'{head}\n<div class="missing">No verdicts: {_code(str(err))}</div>'
+    regime = "".join(f"<li>{html.escape(line)}</li>" for line in found.regime)
+    untested = "".join(f"<li>{html.escape(line)}</li>" for line in found.missing)
+    return (f"{head}\n<p>Each claim reduced to one number per seed and tested over seeds (paired t; Welch "
+            "between sizes): <b>holds</b> / <b>does not hold</b> when the 95% interval lies on one side of zero, "
+            "else <b>inconclusive at this scale</b>, with the seeds that would resolve the observed effect. Method: "
+            "<code>docs/report.md</code>; the same table: <code>falstudy verdict</code>.</p>\n"
+            f"<p class=\"meta\">Regime:</p><ul>{regime}</ul>\n" + _table_html(found.frame()[VERDICT_COLUMNS])
+            + (f"\n<p class=\"meta\">Not tested:</p><ul>{untested}</ul>" if untested else ""))
+
+
 def make_report(results_dir: str | Path, out: str | Path | None = None, *, bench_dir: str | Path | None = None,
                 quiet: bool = True) -> Report:
     """Write ``<out>/<analysis>.png`` and ``<out>/report.html`` (``out`` default: ``<results>/report``).
@@ -92,7 +116,7 @@ def make_report(results_dir: str | Path, out: str | Path | None = None, *, bench
     out = Path(out) if out is not None else res.root / "report"
     out.mkdir(parents=True, exist_ok=True)
     report = Report(out, out / "report.html")
-    sections = []
+    sections = [_verdict_section(res, report)]
     for key, (heading, notebook) in SECTIONS.items():
         blocks = []
         for analysis in (a for a in ANALYSES if a.section == key):

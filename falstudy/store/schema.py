@@ -176,7 +176,39 @@ TRIALS = Table(
     ),
 )
 
-TABLES: dict[str, Table] = {t.name: t for t in (RUNS, METRICS, PROBES, TIMINGS, TRIALS)}
+VERDICTS = Table(
+    "verdicts",
+    "Each claim of the study that the group's runs and probes can test, with its effect, 95% "
+    "interval, test and verdict (docs/report.md, \"Verdicts\"). Rewritten whole each time.",
+    "`falstudy verdict` (and `falstudy report`)",
+    "verdicts/verdicts.parquet",
+    (
+        _c("claim", "VARCHAR", "claim id, e.g. `fal_le_baseline`, `primacy`, `cka`", True),
+        _c("statement", "VARCHAR", "the claim in words"),
+        _c("variant", "VARCHAR", "the model probed (probe claims) or the pair compared (`fal vs baseline`)"),
+        _c("size", "VARCHAR", "the model size and budget the runs share (claims are tested within one size)"),
+        _c("measure", "VARCHAR", "the per-seed number tested"),
+        _c("unit", "VARCHAR", "its unit: nats, CKA or log ratio"),
+        _c("direction", "VARCHAR", "the claimed sign of the effect: less (< 0), greater (> 0) or either"),
+        _c("effect", "DOUBLE", "mean of the per-seed numbers (or difference of means, Welch)"),
+        _c("ci_lo", "DOUBLE", "lower end of its 95% interval (Student t)"),
+        _c("ci_hi", "DOUBLE", "upper end of its 95% interval"),
+        _c("test", "VARCHAR", "paired t (over seeds) or Welch t (between sizes)"),
+        _c("p", "DOUBLE", "two-sided p-value"),
+        _c("p_holm", "DOUBLE", "p adjusted (Holm) over all rows of the table"),
+        _c("n", "BIGINT", "seeds (pairs) tested"),
+        _c("sd", "DOUBLE", "seed-to-seed standard deviation of the per-seed number"),
+        _c("resolvable", "DOUBLE", "smallest |effect| these seeds detect with 80% power at this spread"),
+        _c("verdict", "VARCHAR", "holds | does not hold | inconclusive at this scale", True),
+        _c("seeds_needed", "BIGINT", "inconclusive rows: seeds that would resolve the observed effect (NULL: none would)"),
+        _c("note", "VARCHAR", "the caveat that goes with the row, if any"),
+        _c("groups", "VARCHAR", "the results groups the verdicts were computed from"),
+        _c("computed_at", "VARCHAR", "ISO 8601 UTC"),
+        _c("git_commit", "VARCHAR", "commit of the falstudy checkout that computed them"),
+    ),
+)
+
+TABLES: dict[str, Table] = {t.name: t for t in (RUNS, METRICS, PROBES, TIMINGS, TRIALS, VERDICTS)}
 
 INGESTED_FILES_DOC = (
     ("path", "VARCHAR", "spool file relative to the results group"),
