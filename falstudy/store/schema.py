@@ -180,7 +180,7 @@ VERDICTS = Table(
     "verdicts",
     "Each claim of the study that the group's runs and probes can test, with its effect, 95% "
     "interval, test and verdict (docs/report.md, \"Verdicts\"). Rewritten whole each time.",
-    "`falstudy verdict` (and `falstudy report`)",
+    "`falstudy verdict`",
     "verdicts/verdicts.parquet",
     (
         _c("claim", "VARCHAR", "claim id, e.g. `fal_le_baseline`, `primacy`, `cka`", True),
