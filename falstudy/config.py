@@ -132,6 +132,8 @@ class TrainConfig(_Strict):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     autocast: Literal["auto", "bf16", "none"] = Field("auto", description="auto = bf16 on CUDA, none on CPU")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's)")
+    compile: bool = Field(False, description="torch.compile the model for training and eval (probes and checkpoints "
+                          "use the eager module); see docs/sweeps.md for when it pays on CPU")
 
 
 class ParallelConfig(_Strict):

@@ -56,7 +56,7 @@ class Single:
         pass
 
     def clip(self, model: torch.nn.Module, max_norm: float) -> torch.Tensor:
-        return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=True)
 
     def mean(self, value: torch.Tensor | float) -> float:
         """The mean over the DP ranks of a per-rank loss (TP ranks already agree)."""
