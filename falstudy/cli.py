@@ -180,8 +180,16 @@ def ingest(
 
     if not results.is_dir():
         raise FalstudyError(f"{results}: no such results folder")
-    added = ingest_results(results)
+    import warnings
+
+    with warnings.catch_warnings():  # refused files are reported below, one line each
+        warnings.filterwarnings("ignore", message=".*refused, not ingested")
+        added = ingest_results(results)
     typer.echo(", ".join(f"{t}: +{n}" for t, n in sorted(added.items())) or "nothing new")
+    for path, why in added.refused.items():
+        typer.echo(f"falstudy: error: {path}: refused, not ingested: {why}; remove it", err=True)
+    if added.refused:
+        raise typer.Exit(2)
 
 
 @app.command()
