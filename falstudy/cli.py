@@ -236,23 +236,34 @@ def _latest_results(spool: bool = False) -> Path:
 
 
 def _print_table(df, max_rows: int) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from falstudy.textout import print_table
 
-    table = Table(show_edge=False, header_style="bold")
-    for col in df.columns:
-        table.add_column(str(col), justify="right" if df[col].dtype.kind in "iuf" else "left")
-    for row in df.head(max_rows).itertuples(index=False):
-        table.add_row(*(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row))
-    console = Console(width=max(120, Console().width))
-    console.print(table)
-    if len(df) > max_rows:
-        console.print(f"... {len(df) - max_rows} more rows (use --max-rows, --csv or --json)")
+    print_table(df, max_rows, echo=typer.echo)
 
 
 from falstudy.sweep.cli import register; register(app)  # noqa: E402,E702  (the sweep command)
 from falstudy.parallel.cli import register as register_bench; register_bench(app)  # noqa: E402,E702
 from falstudy.report.cli import register as register_report; register_report(app)  # noqa: E402,E702
+
+
+def _usage_errors() -> tuple[type[BaseException], ...]:
+    """Click's usage errors, and typer's own copies of them (typer >= 0.20 vendors click)."""
+    import click
+
+    try:
+        from typer._click.exceptions import ClickException as TyperClickException
+    except ImportError:
+        return (click.ClickException,)
+    return (click.ClickException, TyperClickException)
+
+
+def _sql_text_args(args: list[str]) -> list[str]:
+    """For `falstudy sql`: an argument that starts with "-" but has whitespace in its name part
+    (a query starting with a `--` comment) is SQL, not an option; a leading space keeps click
+    from parsing it (DuckDB ignores it)."""
+    if not args or args[0] != "sql":
+        return args
+    return [f" {a}" if a.startswith("-") and any(c.isspace() for c in a.split("=", 1)[0]) else a for a in args]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -262,6 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args
     if debug:
         args.remove("--debug")
+    args = _sql_text_args(args)
     try:
         code = app(args=args, prog_name="falstudy", standalone_mode=False)
     except FalstudyError as err:
@@ -269,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
-    except click.ClickException as err:  # usage errors: exit 2, as click does
+    except _usage_errors() as err:  # usage errors: exit 2, as click does
         err.show()
         sys.exit(err.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt):

@@ -41,8 +41,10 @@ _WHY = {
     "CALL": "CALL and CHECKPOINT run procedures; use SELECT * FROM <table function>(...)",
     "LOAD": "extensions are neither installed nor loaded (no downloads)",
     "TRANSACTION": "queries run one at a time; there is nothing to commit",
-    "MULTI": "it creates objects; wrap it in a query, e.g. SELECT * FROM (PIVOT runs ON variant USING count(*))",
+    "MULTI": "it creates types before it runs (a PIVOT without an IN list); list the values, e.g. "
+             "PIVOT runs ON status IN ('completed', 'failed') USING count(*)",
 }
+_LEADING_COMMENTS = re.compile(r"^(\s+|--[^\n]*(\n|$)|/\*.*?\*/)*", re.S)
 _CHANGES = "it would change the store (it is written only by `falstudy ingest` from the spool)"
 
 
@@ -75,7 +77,8 @@ def check_statement(sql: Any) -> None:
         kind = _kind(inner_statements[0]) if len(inner_statements) == 1 else "MULTI"
     if kind == "SELECT":
         return
-    word = statement.query.split(None, 1)[0].upper()
+    text = _LEADING_COMMENTS.sub("", statement.query)
+    word = (re.match(r"\w+", text) or re.match(r"\S+", text + "?")).group(0).upper()
     why = _WHY.get(kind, _CHANGES)
     raise FalstudyError(f"{word} is not allowed: results queries are read-only ({QUERIES} only); {why}")
 
