@@ -103,7 +103,17 @@ def train(
     if cfg.parallel.world > 1:
         _launch_parallel(cfg, nnodes, rdzv_endpoint, allow_oversubscribe)
     _sigterm_interrupts()
-    result = run_training(cfg, quiet=quiet, resume=not no_resume, ingest=not no_ingest)
+    lease = None
+    if cfg.parallel.world == 1 and not cfg.train.threads:  # share the cores with other falstudy trainings
+        from falstudy.hostbudget import Lease, share
+
+        lease = Lease(1)
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"threads": share()})})
+    try:
+        result = run_training(cfg, quiet=quiet, resume=not no_resume, ingest=not no_ingest)
+    finally:
+        if lease is not None:
+            lease.release()
     if os.environ.get("RANK", "0") != "0":
         return  # rank 0 speaks for the run
     val = f"{result.final_val_loss:.4f}" if result.final_val_loss is not None else "n/a"

@@ -292,6 +292,8 @@ def _train(cfg: RunConfig, layout, quiet: bool, resume: bool, ingest: bool, on_e
                 "torch_rng": torch.get_rng_state(),
             },
         )
+        # while running, runs.final_step is the resume point: the step of the last checkpoint
+        spool.write_table("runs", [{**run_row, "status": "running", "final_step": step, "final_val_loss": val_loss}])
 
     def run_eval(step: int) -> float:
         # the same eval batches as one process with the global batch; each DP rank takes its rows
