@@ -101,7 +101,7 @@ def train(
             dotted[key] = value
     cfg = as_run_config(config, dotted)
     if cfg.parallel.world > 1:
-        _launch_parallel(cfg, nnodes, rdzv_endpoint, allow_oversubscribe)
+        _launch_parallel(cfg, nnodes, rdzv_endpoint, allow_oversubscribe)  # returns inside torchrun only
     _sigterm_interrupts()
     lease = None
     if cfg.parallel.world == 1 and not cfg.train.threads:  # share the cores with other falstudy trainings
@@ -123,19 +123,35 @@ def train(
 
 
 def _launch_parallel(cfg, nnodes: int, rdzv_endpoint: str | None, allow_oversubscribe: bool) -> None:
-    """Check what can be checked in one process, then re-execute under torchrun (returns
-    at once inside torchrun)."""
-    from falstudy.parallel import check_tp, maybe_relaunch
-    from falstudy.parallel.launch import resolve_backend
+    """Check what can be checked in one process, then run the same command under torchrun as a
+    child (returns at once inside torchrun). A rank that dies is reported in one line, exit 3;
+    torchrun's report stays in the run's torchrun.log (falstudy/parallel/supervise.py)."""
+    from falstudy.parallel import check_tp
+    from falstudy.parallel.launch import _program, in_torchrun, relaunch_command, resolve_backend
+    from falstudy.parallel.supervise import EXIT_RANK_FAILED, LOG_NAME, failure_line, run_torchrun
+    from falstudy.train.loop import check_hooks, new_run_id, open_data
 
-    from falstudy.train.loop import check_hooks, open_data
-
+    if in_torchrun():
+        return
     # what every rank would refuse, refused once here: one line, not one per rank plus torchrun's report
     check_tp(cfg.model, cfg.parallel.tp)
     resolve_backend(cfg.parallel.backend)
     check_hooks(cfg)
     open_data(cfg)
-    maybe_relaunch(cfg.parallel.tp, cfg.parallel.dp, nnodes, rdzv_endpoint, allow_oversubscribe)
+    run_id = cfg.run_id or new_run_id(cfg)  # chosen here, so the one line can name it
+    user_args = sys.argv[1:]
+    program = _program(None) + ([] if cfg.run_id else ["--run-id", run_id])
+    cmd = relaunch_command(cfg.parallel.tp, cfg.parallel.dp, nnodes, rdzv_endpoint, allow_oversubscribe, program)
+    log = Path(cfg.results_dir) / cfg.name / "runs" / run_id / LOG_NAME
+    code, stopped = run_torchrun(cmd, log)
+    if stopped:
+        raise KeyboardInterrupt
+    if code != 0:
+        line = failure_line(log, code, run_id, user_args)
+        if line:
+            typer.echo(f"falstudy: error: {line}", err=True)
+        raise typer.Exit(EXIT_RANK_FAILED)
+    raise typer.Exit(0)
 
 
 @app.command()
