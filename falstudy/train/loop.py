@@ -198,6 +198,9 @@ def _train(cfg: RunConfig, layout, quiet: bool, resume: bool, ingest: bool, on_e
     spool = RunSpool(run_dir) if layout.is_main else _NoSpool()
     ckpt_path = run_dir / "checkpoint.pt"  # under tp/dp, every host must see this folder to resume
 
+    from falstudy.models.size import check_fits
+
+    check_fits(cfg.model, device, shards=layout.tp or 1)  # before allocating: one line, not the allocator's
     torch.manual_seed(cfg.seed)  # the same on every rank: parallelize checks the replicas agree
     model = GPT(cfg.model).to(device)
     n_params = model.num_params()  # of the whole model, before sharding
