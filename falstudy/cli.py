@@ -234,10 +234,11 @@ def sql(
 
     fmt = Format.csv if csv else Format.json if json else fmt
     df = (spool_query if spool else run_query)(results or _latest_results(spool), query)
+    # sys.stdout, not typer.echo: click strips ANSI escapes from piped output, and these are the bytes stored
     if fmt is Format.csv:
-        typer.echo(df.to_csv(index=False), nl=False)
+        sys.stdout.write(df.to_csv(index=False))
     elif fmt is Format.json:
-        typer.echo(df.to_json(orient="records", date_format="iso"))
+        sys.stdout.write(df.to_json(orient="records", date_format="iso") + "\n")
     else:
         _print_table(df, max_rows)
 

@@ -1,7 +1,7 @@
 """One host's cores, shared by every falstudy process that trains on it.
 
 Each sweep (for its workers) and each single-process ``falstudy train`` holds a **lease**: a small
-file ``<pid>-<start>.json`` saying how many trainings it runs at once (``slots``), in a host-level
+file ``<pid>-<start>-<token>.json`` saying how many trainings it runs at once (``slots``), in a host-level
 folder (``$FALSTUDY_HOST_DIR``, default ``/tmp/falstudy-<uid>/leases``). A training asks
 ``share()`` for its threads when it starts: ``max(1, cores // live slots)``. So two sweeps of one
 worker each on 2 cores train with 1 thread per trial, not 2 each; when one ends, the other's next
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import tempfile
 from pathlib import Path
 
@@ -68,7 +69,7 @@ class Lease:
 
         self.pid = pid or os.getpid()
         self.folder = lease_dir()
-        self.path = self.folder / f"{self.pid}-{process_start(self.pid)}.json"
+        self.path = self.folder / f"{self.pid}-{process_start(self.pid)}-{secrets.token_hex(3)}.json"
         with _lock(self.folder):
             self.path.write_text(json.dumps({"pid": self.pid, "start": process_start(self.pid), "slots": slots}))
 

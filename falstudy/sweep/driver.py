@@ -86,11 +86,12 @@ def check_data(spec: SweepSpec, source: str) -> None:
 def plan(spec_path: str | Path, *, workers: int | None = None, storage: str | None = None,
          results_dir: str | None = None, echo: Echo = print) -> SweepSpec:
     """Print what the sweep would run (and, for an existing journal study, what is done)."""
-    from falstudy.sweep.study import describe_storage, is_postgres, results_group, storage_url
+    from falstudy.sweep.study import check_storage, describe_storage, is_postgres, results_group, storage_url
 
     spec = load_spec(spec_path, workers=workers)
     url = storage_url(spec, storage, results_dir)
     group = results_group(spec, results_dir)
+    check_storage(url, made_later=group)
     states = _existing_states(spec, url)
     metrics = ", ".join(f"{o.metric} ({o.resolved_direction})" for o in spec.objectives)
     echo(f"sweep {spec.name}: {spec.description or ''}".rstrip(": "))
