@@ -101,9 +101,19 @@ def train(
             dotted[key] = value
     cfg = as_run_config(config, dotted)
     if cfg.parallel.world > 1:
-        _launch_parallel(cfg, nnodes, rdzv_endpoint, allow_oversubscribe)
+        _launch_parallel(cfg, nnodes, rdzv_endpoint, allow_oversubscribe)  # returns inside torchrun only
     _sigterm_interrupts()
-    result = run_training(cfg, quiet=quiet, resume=not no_resume, ingest=not no_ingest)
+    lease = None
+    if cfg.parallel.world == 1 and not cfg.train.threads:  # share the cores with other falstudy trainings
+        from falstudy.hostbudget import Lease, share
+
+        lease = Lease(1)
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"threads": share()})})
+    try:
+        result = run_training(cfg, quiet=quiet, resume=not no_resume, ingest=not no_ingest)
+    finally:
+        if lease is not None:
+            lease.release()
     if os.environ.get("RANK", "0") != "0":
         return  # rank 0 speaks for the run
     val = f"{result.final_val_loss:.4f}" if result.final_val_loss is not None else "n/a"
@@ -113,19 +123,35 @@ def train(
 
 
 def _launch_parallel(cfg, nnodes: int, rdzv_endpoint: str | None, allow_oversubscribe: bool) -> None:
-    """Check what can be checked in one process, then re-execute under torchrun (returns
-    at once inside torchrun)."""
-    from falstudy.parallel import check_tp, maybe_relaunch
-    from falstudy.parallel.launch import resolve_backend
+    """Check what can be checked in one process, then run the same command under torchrun as a
+    child (returns at once inside torchrun). A rank that dies is reported in one line, exit 3;
+    torchrun's report stays in the run's torchrun.log (falstudy/parallel/supervise.py)."""
+    from falstudy.parallel import check_tp
+    from falstudy.parallel.launch import _program, in_torchrun, relaunch_command, resolve_backend
+    from falstudy.parallel.supervise import EXIT_RANK_FAILED, LOG_NAME, failure_line, run_torchrun
+    from falstudy.train.loop import check_hooks, new_run_id, open_data
 
-    from falstudy.train.loop import check_hooks, open_data
-
+    if in_torchrun():
+        return
     # what every rank would refuse, refused once here: one line, not one per rank plus torchrun's report
     check_tp(cfg.model, cfg.parallel.tp)
     resolve_backend(cfg.parallel.backend)
     check_hooks(cfg)
     open_data(cfg)
-    maybe_relaunch(cfg.parallel.tp, cfg.parallel.dp, nnodes, rdzv_endpoint, allow_oversubscribe)
+    run_id = cfg.run_id or new_run_id(cfg)  # chosen here, so the one line can name it
+    user_args = sys.argv[1:]
+    program = _program(None) + ([] if cfg.run_id else ["--run-id", run_id])
+    cmd = relaunch_command(cfg.parallel.tp, cfg.parallel.dp, nnodes, rdzv_endpoint, allow_oversubscribe, program)
+    log = Path(cfg.results_dir) / cfg.name / "runs" / run_id / LOG_NAME
+    code, stopped = run_torchrun(cmd, log)
+    if stopped:
+        raise KeyboardInterrupt
+    if code != 0:
+        line = failure_line(log, code, run_id, user_args)
+        if line:
+            typer.echo(f"falstudy: error: {line}", err=True)
+        raise typer.Exit(EXIT_RANK_FAILED)
+    raise typer.Exit(0)
 
 
 @app.command()
@@ -180,8 +206,16 @@ def ingest(
 
     if not results.is_dir():
         raise FalstudyError(f"{results}: no such results folder")
-    added = ingest_results(results)
+    import warnings
+
+    with warnings.catch_warnings():  # refused files are reported below, one line each
+        warnings.filterwarnings("ignore", message=".*refused, not ingested")
+        added = ingest_results(results)
     typer.echo(", ".join(f"{t}: +{n}" for t, n in sorted(added.items())) or "nothing new")
+    for path, why in added.refused.items():
+        typer.echo(f"falstudy: error: {path}: refused, not ingested: {why}; remove it", err=True)
+    if added.refused:
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -200,10 +234,11 @@ def sql(
 
     fmt = Format.csv if csv else Format.json if json else fmt
     df = (spool_query if spool else run_query)(results or _latest_results(spool), query)
+    # sys.stdout, not typer.echo: click strips ANSI escapes from piped output, and these are the bytes stored
     if fmt is Format.csv:
-        typer.echo(df.to_csv(index=False), nl=False)
+        sys.stdout.write(df.to_csv(index=False))
     elif fmt is Format.json:
-        typer.echo(df.to_json(orient="records", date_format="iso"))
+        sys.stdout.write(df.to_json(orient="records", date_format="iso") + "\n")
     else:
         _print_table(df, max_rows)
 
@@ -228,23 +263,34 @@ def _latest_results(spool: bool = False) -> Path:
 
 
 def _print_table(df, max_rows: int) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from falstudy.textout import print_table
 
-    table = Table(show_edge=False, header_style="bold")
-    for col in df.columns:
-        table.add_column(str(col), justify="right" if df[col].dtype.kind in "iuf" else "left")
-    for row in df.head(max_rows).itertuples(index=False):
-        table.add_row(*(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row))
-    console = Console(width=max(120, Console().width))
-    console.print(table)
-    if len(df) > max_rows:
-        console.print(f"... {len(df) - max_rows} more rows (use --max-rows, --csv or --json)")
+    print_table(df, max_rows, echo=typer.echo)
 
 
 from falstudy.sweep.cli import register; register(app)  # noqa: E402,E702  (the sweep command)
 from falstudy.parallel.cli import register as register_bench; register_bench(app)  # noqa: E402,E702
 from falstudy.report.cli import register as register_report; register_report(app)  # noqa: E402,E702
+
+
+def _usage_errors() -> tuple[type[BaseException], ...]:
+    """Click's usage errors, and typer's own copies of them (typer >= 0.20 vendors click)."""
+    import click
+
+    try:
+        from typer._click.exceptions import ClickException as TyperClickException
+    except ImportError:
+        return (click.ClickException,)
+    return (click.ClickException, TyperClickException)
+
+
+def _sql_text_args(args: list[str]) -> list[str]:
+    """For `falstudy sql`: an argument that starts with "-" but has whitespace in its name part
+    (a query starting with a `--` comment) is SQL, not an option; a leading space keeps click
+    from parsing it (DuckDB ignores it)."""
+    if not args or args[0] != "sql":
+        return args
+    return [f" {a}" if a.startswith("-") and any(c.isspace() for c in a.split("=", 1)[0]) else a for a in args]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -254,6 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args
     if debug:
         args.remove("--debug")
+    args = _sql_text_args(args)
     try:
         code = app(args=args, prog_name="falstudy", standalone_mode=False)
     except FalstudyError as err:
@@ -261,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
-    except click.ClickException as err:  # usage errors: exit 2, as click does
+    except _usage_errors() as err:  # usage errors: exit 2, as click does
         err.show()
         sys.exit(err.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt):

@@ -221,6 +221,10 @@ def validate(cls: type[BaseModel], data: Any, source: str) -> Any:
 
 def load_yaml(path: str | Path) -> Any:
     path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.yaml"))[:3]
+        hint = f" (it holds {', '.join(found)}{', ...' if found else ''})" if found else ""
+        raise FalstudyError(f"{path}: is a folder, not a YAML file; pass a file such as {path / (found[0] if found else 'spec.yaml')}{hint}")
     if not path.is_file():
         raise FalstudyError(f"{path}: no such file")
     try:

@@ -178,7 +178,8 @@ def build_partial(root: Path, full: Path) -> Path:
 
     group = root / "results" / "partial"
     for src in (full / "runs" / f"{v}-s{s}" for s in SEEDS for v in VARIANTS):
-        for path in [src / "runs.parquet", *sorted(src.glob("metrics-*.parquet"))]:
+        # with the folder's manifest: the ingester loads only files listed there
+        for path in [src / "runs.parquet", *sorted(src.glob("metrics-*.parquet")), src / ".manifest.json"]:
             dest = group / "runs" / src.name / path.name
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, dest)

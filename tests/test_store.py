@@ -49,7 +49,8 @@ def _rows(df) -> list[list]:
 
 
 def _hidden(folder: Path) -> list[str]:
-    return [p.name for p in folder.rglob(".*")]
+    """Hidden files other than the manifest and its lock (temp files)."""
+    return [p.name for p in folder.rglob(".*") if p.name not in (".manifest.json", ".manifest.lock")]
 
 
 # --- spool -----------------------------------------------------------------------------------
@@ -117,7 +118,7 @@ def test_buffers_flush_as_chunks(tmp_path):
     assert buf.flush() is None  # nothing pending
     buf.log(20, "val", loss=2.0)
     buf.flush()
-    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["metrics-000010.parquet", "metrics-000020.parquet"]
+    assert sorted(p.name for p in (tmp_path / "r").glob("*.parquet")) == ["metrics-000010.parquet", "metrics-000020.parquet"]
     rows = pq.read_table(tmp_path / "r" / "metrics-000010.parquet").to_pylist()
     assert [(r["step"], r["split"], r["name"], r["value"], r["tokens"]) for r in rows] == [
         (5, "train", "loss", 3.0, 320), (5, "train", "lr", 1e-3, 320), (10, "val", "loss", 2.5, 640)]
@@ -172,14 +173,16 @@ def test_ingest_creates_documented_columns_and_widens_undocumented_ones(tmp_path
     assert query(tmp_path, "SELECT data_type FROM information_schema.columns WHERE column_name = 'norm'").data_type[0] == "DOUBLE"
 
 
-def test_a_bad_spool_file_is_a_clean_error_and_changes_nothing(tmp_path):
+def test_a_bad_spool_file_is_refused_with_its_path_and_the_rest_loads(tmp_path):
     _spool_run(tmp_path, "a")
     ingest(tmp_path)
-    (tmp_path / "runs" / "a" / "metrics-000040.parquet").write_bytes(b"not parquet")
+    bad = tmp_path / "runs" / "a" / "metrics-000040.parquet"
+    bad.write_bytes(b"not parquet")
     _spool_run(tmp_path, "b")
-    with pytest.raises(FalstudyError, match="cannot ingest table 'metrics'.*fix or remove"):
-        ingest(tmp_path)
-    assert (_count(tmp_path, "runs"), _count(tmp_path, "metrics")) == (1, 4)  # the transaction rolled back
+    with pytest.warns(UserWarning, match="metrics-000040.parquet: refused, not ingested: not listed"):
+        added = ingest(tmp_path)
+    assert dict(added) == {"runs": 1, "metrics": 4} and list(added.refused) == [bad.resolve()]
+    assert (_count(tmp_path, "runs"), _count(tmp_path, "metrics")) == (2, 8)
 
 
 def _ingest_then_die_mid_way(root: str) -> None:

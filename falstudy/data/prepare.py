@@ -103,6 +103,21 @@ def _check_existing(target: Path, settings: dict) -> None:
         raise FalstudyError(f"{target} was prepared with other settings: {diff}; {redo}")
 
 
+def _check_one_block(corpus: str, counts: dict[str, int], val_fraction: float) -> None:
+    """Each split must hold one sequence of the default context (block_size + 1 tokens: inputs and
+    the shifted targets), or training would fail at its first batch or eval."""
+    from falstudy.config import ModelConfig
+
+    need = ModelConfig().block_size + 1
+    if counts["train"] < need:
+        raise FalstudyError(f"{corpus}: the train split has {counts['train']} tokens, fewer than one block of the "
+                            f"default context ({need} tokens); use a larger corpus")
+    if counts["val"] < need:
+        raise FalstudyError(f"{corpus}: the validation split has {counts['val']} tokens, fewer than one block of "
+                            f"the default context ({need} tokens); use a larger corpus or a larger --val-fraction "
+                            f"(now {val_fraction:g})")
+
+
 def _tmp_prefix(name: str) -> str:
     return f".{name}.tmp-{socket.gethostname()}-"
 
@@ -192,6 +207,7 @@ def prepare(
                   unit_scale=True, disable=quiet, leave=False) as bar:
             for split, split_docs in (("train", train_docs), ("val", val_docs)):
                 counts[split] = write_split(tmp, split, tokenize(split_docs, tok, dtype, bar), dtype)
+        _check_one_block(corpus, counts, val_fraction)
         tok.save(tmp)  # tokenizer.json (BPE kinds) and the kind in meta.json
         meta = {"name": name, "corpus": corpus, "tokenizer": tok.name, "vocab_size": tok.vocab_size,
                 "dtype": dtype.name, "n_train": counts["train"], "n_val": counts["val"], "format": FORMAT}

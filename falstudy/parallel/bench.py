@@ -1,7 +1,7 @@
 """Tensor-parallel step time of fal and parallel against baseline, measured side by side at TP=2,
 with the cost model's prediction next to each measurement, and its projection to GPT-2 shapes.
 
-    falstudy bench tp [--rounds 8 --steps 3] [--out results/bench]
+    falstudy bench tp [--min-rounds 5 --max-rounds 30 --target 0.03 --steps 3] [--out results/bench]
     python bench/tp_step.py [...]          # the same
 
 Re-executes itself under torchrun with 2 ranks (refused on fewer than 2 cores). Two shapes:
@@ -9,7 +9,10 @@ Re-executes itself under torchrun with 2 ranks (refused on fewer than 2 cores). 
 each wiring it times full training steps (forward, backward, AdamW) with real collectives, and
 the same steps with the collectives switched off (each rank's compute alone). Models take turns
 (round-robin) so machine noise hits all alike; per wiring the figure is the median over rounds
-of the slower rank. The communication share comes from the CommMeter (time inside gloo calls).
+of the slower rank. Each ratio to baseline is taken per round and reported with its 95 %
+bootstrap interval (``falstudy.benchstats``); rounds go on until every ratio's and cost-model
+error's interval is within ``--target`` of its median, or ``--max-rounds`` (then it says so). The
+machine's load average at start and end is printed and stored. The communication share comes from the CommMeter (time inside gloo calls).
 
 Prediction = measured compute-only step + (all-reduces per step) x (alpha + beta x bytes), with
 alpha and beta fitted by a microbenchmark (``costmodel.fit_allreduce``) on the same ranks at the
@@ -30,6 +33,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from falstudy import benchstats
+from falstudy.benchstats import Rounds
 from falstudy.config import ModelConfig
 from falstudy.models import GPT
 from falstudy.parallel import costmodel
@@ -110,10 +115,21 @@ class Case:
                 b.comm = c
 
 
-def slowest(value: float, group) -> float:
-    t = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
-    return float(t.item())
+def _series(cases: list, slow: dict, fits: list[tuple[float, float]]) -> dict[tuple[str, str, str], list[float]]:
+    """Per-round values of what the benchmark reports: each wiring's step time over its shape's
+    baseline of the same round, and the cost model's predicted / measured (with that round's fit)
+    per case, a ratio too, so one relative target fits both."""
+    out: dict[tuple[str, str, str], list[float]] = {}
+    for case in cases:
+        times = slow[(case.shape, case.wiring)]
+        if case.wiring != "baseline":
+            out[("ratio", case.shape, case.wiring)] = benchstats.ratios(times["tp"], slow[(case.shape, "baseline")]["tp"])
+        shape = costmodel.Shape.of(case.cfg)
+        out[("error", case.shape, case.wiring)] = [
+            costmodel.breakdown(shape, case.batch, TP, costmodel.loopback_preset(a, b, TP), case.wiring,
+                                compute_s=compute).total_s / step
+            for (a, b), step, compute in zip(fits, times["tp"], times["compute"])]  # predicted / measured
+    return out
 
 
 def mean(value: float, group) -> float:
@@ -124,42 +140,77 @@ def mean(value: float, group) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="falstudy bench tp", description="Step time of fal and parallel vs baseline at TP=2, measured and predicted side by side.")
-    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=None, help="exactly this many rounds (sets --min-rounds and --max-rounds)")
+    ap.add_argument("--min-rounds", type=int, default=5)
+    ap.add_argument("--max-rounds", type=int, default=30)
+    ap.add_argument("--target", type=float, default=0.03,
+                    help="stop once every ratio's and error's 95%% interval is within +- this share of its median")
     ap.add_argument("--steps", type=int, default=3, help="timed steps per model per round")
     ap.add_argument("--out", default="results/bench")
     ap.add_argument("--shapes", nargs="*", default=list(SHAPES), choices=list(SHAPES))
     args = ap.parse_args(argv)
+    lo_r, hi_r = (args.rounds, args.rounds) if args.rounds else (args.min_rounds, args.max_rounds)
+    try:
+        rounds = Rounds(lo_r, hi_r, args.target)
+    except ValueError as err:
+        ap.error(str(err))
 
     maybe_relaunch(tp=TP)
     ctx = init_distributed(tp=TP, backend="gloo")  # the benchmark's tensors live on the CPU
     group = ctx.tp_group
     cases = [Case(s, w, group) for s in args.shapes for w in WIRINGS]
+    load_start = benchstats.load()
     t_start = time.perf_counter()
-    fits = []
-    for _ in range(args.rounds):  # the all-reduce fit is repeated each round: it drifts with the machine
+    fits: list[tuple[float, float]] = []
+    slow: dict[tuple[str, str], dict[str, list[float]]] = {(c.shape, c.wiring): {"tp": [], "compute": []} for c in cases}
+    while True:  # the all-reduce fit is repeated each round: it drifts with the machine
         fits.append(costmodel.fit_allreduce(group, reps=10))
         for case in cases:
             for mode in ("tp", "compute"):
                 case.run(mode, args.steps, group)
+        # this round's figure per case and mode: the slower rank's (one collective for all)
+        t = torch.tensor([c.times[m][-1] for c in cases for m in ("tp", "compute")], dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+        values = iter(t.tolist())
+        for c in cases:
+            for m in ("tp", "compute"):
+                slow[(c.shape, c.wiring)][m].append(next(values))
+        series = _series(cases, slow, fits)
+        stop = torch.tensor([1.0 if rounds.done(list(series.values())) else 0.0])
+        dist.broadcast(stop, src=0, group=group)  # rank 0 decides, so every rank stops together
+        if stop.item():
+            break
+    load_end = benchstats.load()
     alpha = statistics.median(a for a, _ in fits)
     beta = statistics.median(b for _, b in fits)
     loop = costmodel.loopback_preset(alpha, beta, TP)
+    n_rounds = len(fits)
+    spreads = {key: benchstats.Spread.of(values) for key, values in _series(cases, slow, fits).items()}
 
     rows = []
     for case in cases:
-        step = slowest(statistics.median(case.times["tp"]), group)
-        compute = slowest(statistics.median(case.times["compute"]), group)
+        times = slow[(case.shape, case.wiring)]
+        step, compute = statistics.median(times["tp"]), statistics.median(times["compute"])
         share = mean(statistics.median(case.comm_share), group)
         pred = costmodel.breakdown(costmodel.Shape.of(case.cfg), case.batch, TP, loop, case.wiring, compute_s=compute)
-        rows.append({
+        err = spreads[("error", case.shape, case.wiring)]
+        row = {
             "shape": case.shape, "wiring": case.wiring, "tp": TP, "batch": case.batch,
             "n_layer": case.cfg.n_layer, "n_embd": case.cfg.n_embd, "seq_len": case.cfg.block_size,
             "step_s": step, "compute_only_s": compute, "comm_share": share,
             "allreduce_fwd": case.counts.get("all_reduce_fwd", 0), "allreduce_bwd": case.counts.get("all_reduce_bwd", 0),
             "bytes_per_allreduce": pred.bytes_per_allreduce, "predicted_s": pred.total_s,
             "predicted_comm_s": pred.comm_s, "alpha_s": alpha, "beta_s_per_byte": beta,
-            "rounds": args.rounds, "steps_per_round": args.steps,
-        })
+            "rounds": n_rounds, "steps_per_round": args.steps, "target": args.target,
+            # the error is predicted / measured - 1; its interval is the ratio's, shifted
+            "prediction_error_median": err.median - 1, "prediction_error_lo": err.lo - 1, "prediction_error_hi": err.hi - 1,
+            "load_1m_start": load_start["load_1m"], "load_1m_end": load_end["load_1m"], "cores": int(load_end["cores"]),
+        }
+        ratio = spreads.get(("ratio", case.shape, case.wiring))
+        if ratio is not None:
+            row.update({"ratio_median": ratio.median, "ratio_lo": ratio.lo, "ratio_hi": ratio.hi,
+                        "ratio_q1": ratio.q1, "ratio_q3": ratio.q3, "ratio_narrow": ratio.narrow(args.target)})
+        rows.append(row)
     for r in rows:
         base = next(b for b in rows if b["shape"] == r["shape"] and b["wiring"] == "baseline")
         r["ratio_measured"] = r["step_s"] / base["step_s"]
@@ -172,16 +223,23 @@ def main(argv: list[str] | None = None) -> None:
         out = Path(args.out)
         write_rows(out / "tp_step.parquet", rows)
         write_rows(out / "tp_projection.parquet", projection)
-        print(f"\nTP={TP} on {TP} gloo ranks (1 thread each); {args.rounds} rounds x {args.steps} steps, "
+        print(f"\nTP={TP} on {TP} gloo ranks (1 thread each); {n_rounds} rounds x {args.steps} steps, "
               f"{time.perf_counter() - t_start:.0f}s; all-reduce fit: alpha={alpha * 1e6:.1f} us, "
               f"beta={beta * 1e9:.3f} ns/B ({1 / beta / 1e9:.2f} GB/s)")
+        print(f"machine load (1 min) {load_start['load_1m']:.2f} at start, {load_end['load_1m']:.2f} at end, "
+              f"on {int(load_end['cores'])} cores" + ("  (busy: other work competed)" if max(
+                  load_start["load_1m"], load_end["load_1m"]) > load_end["cores"] else ""))
         print(f"{'shape':14s} {'wiring':9s} {'AR f+b':>7s} {'step ms':>9s} {'comm %':>7s} {'comp ms':>9s} {'pred ms':>9s} "
-              f"{'err':>6s} {'/base meas':>10s} {'/base pred':>10s}")
+              f"{'err [95% CI]':>20s} {'/base meas [95% CI]':>24s} {'/base pred':>10s}")
         for r in rows:
+            meas = (f"{r['ratio_median']:.3f} [{r['ratio_lo']:.3f}, {r['ratio_hi']:.3f}]" if "ratio_median" in r
+                    else "1 (reference)")
+            err = (f"{100 * r['prediction_error_median']:+.0f}% [{100 * r['prediction_error_lo']:+.0f}, "
+                   f"{100 * r['prediction_error_hi']:+.0f}]")
             print(f"{r['shape']:14s} {r['wiring']:9s} {r['allreduce_fwd']:>3d}+{r['allreduce_bwd']:<3d} "
                   f"{r['step_s'] * 1e3:9.2f} {100 * r['comm_share']:6.1f}% {r['compute_only_s'] * 1e3:9.2f} "
-                  f"{r['predicted_s'] * 1e3:9.2f} "
-                  f"{100 * r['prediction_error']:+5.1f}% {r['ratio_measured']:10.3f} {r['ratio_predicted']:10.3f}")
+                  f"{r['predicted_s'] * 1e3:9.2f} {err:>20s} {meas:>24s} {r['ratio_predicted']:10.3f}")
+        print(rounds.verdict(list(spreads.values())))
         print("\nprojection (cost model; A100-class compute, bf16, vocab-parallel head, 8 x 1024 tokens per step):")
         print(f"{'shape':12s} {'preset':7s} {'tp':>3s} {'base comm %':>11s} {'fal/base':>9s} {'par/base':>9s}")
         for p in projection:

@@ -96,6 +96,22 @@ def maybe_relaunch(
     Inside torchrun (RANK set), or for a single process, return and carry on."""
     if in_torchrun() or tp * dp == 1:
         return
+    cmd = relaunch_command(tp, dp, nnodes, rdzv_endpoint, allow_oversubscribe, argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    exec_fn(cmd[0], cmd)
+
+
+def relaunch_command(
+    tp: int,
+    dp: int = 1,
+    nnodes: int = 1,
+    rdzv_endpoint: str | None = None,
+    allow_oversubscribe: bool = False,
+    argv: Sequence[str] | None = None,
+) -> list[str]:
+    """The torchrun command for ``maybe_relaunch`` (or a supervising parent), after the core
+    check; sets this process's environment for the ranks (threads, oversubscription)."""
     cmd = torchrun_command(tp, dp, nnodes, rdzv_endpoint, argv)
     local = tp * dp // nnodes
     _check_cores(local, allow_oversubscribe)
@@ -103,9 +119,7 @@ def maybe_relaunch(
         os.environ[OVERSUBSCRIBE_ENV] = "1"
     # set explicitly (torchrun would force 1 and warn); init_distributed sets torch's threads too
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cpu_cores() // local)))
-    sys.stdout.flush()
-    sys.stderr.flush()
-    exec_fn(cmd[0], cmd)
+    return cmd
 
 
 @dataclass

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from falstudy.errors import FalstudyError
 from falstudy.store.query import _SRC, _quote, db_path, one_line, open_db
-from falstudy.store.schema import FILE_COLUMN, FILES_TABLE, INGESTED_FILES_DOC, TABLES
+from falstudy.store.schema import FILE_COLUMN, FILES_TABLE, INGESTED_FILES_DOC, TABLES, arrow_type
 from falstudy.store.spool import scan
 
 if TYPE_CHECKING:
@@ -55,11 +55,65 @@ def _exclusive(lock_path: Path, timeout_s: float) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def ingest(results_dir: str | Path, *, wait_s: float = 10.0, lock_timeout_s: float = 600.0) -> dict[str, int]:
+class Ingested(dict):
+    """Rows loaded per table (a dict), plus ``refused``: spool files not loaded, with why."""
+
+    def __init__(self, added: dict[str, int], refused: dict[Path, str]) -> None:
+        super().__init__(added)
+        self.refused = refused
+
+
+def schema_problem(path: Path, table: str) -> str | None:
+    """Why a spool file cannot hold rows of ``table`` (unreadable, a documented column of the
+    wrong type, a required one missing, the reserved ``_file``), or None."""
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+    except FileNotFoundError:
+        return None  # deleted since the scan: treated as gone
+    except Exception as err:  # not Parquet, truncated
+        return f"not a readable Parquet file ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+    names = {n.lower(): n for n in schema.names}
+    if FILE_COLUMN in names:
+        return f"it has the reserved column {FILE_COLUMN!r}"
+    spec = TABLES.get(table)
+    if spec is None:
+        return None
+    missing = [c for c in spec.required if c not in names]
+    if missing:
+        return f"it lacks required column(s) {', '.join(missing)} of table {table!r}"
+    for column in spec.columns:
+        name = names.get(column.name)
+        if name is not None and schema.field(name).type != arrow_type(column.type) and \
+                str(schema.field(name).type) != "null":
+            return f"column {column.name} is {schema.field(name).type}, not {column.type} as table {table!r} documents"
+    return None
+
+
+def _trusted(found: dict[str, list[Path]]) -> tuple[dict[str, list[Path]], dict[Path, str]]:
+    """The files falstudy wrote (listed in their folder's manifest, schema as documented)."""
+    from falstudy.store.manifest import untrusted
+
+    refused = untrusted([p for files in found.values() for p in files])
+    for table, files in found.items():
+        for path in files:
+            if path not in refused:
+                problem = schema_problem(path, table)
+                if problem:
+                    refused[path] = problem
+    kept = {t: [p for p in files if p not in refused] for t, files in found.items()}
+    return {t: files for t, files in kept.items() if files}, refused
+
+
+def ingest(results_dir: str | Path, *, wait_s: float = 10.0, lock_timeout_s: float = 600.0) -> Ingested:
     """Load new or changed spool files of a results group into its DuckDB file.
 
     Returns the rows loaded per table (tables with no new or changed files are left out, so a
     second ingest returns ``{}``). Rows of rewritten or deleted files are replaced or removed.
+    Only files falstudy wrote are loaded (``falstudy.store.manifest``): the others are left out,
+    warned about, and listed in the result's ``refused`` (path -> why); rows loaded from a file
+    before it was tampered with are removed.
     ``wait_s``: how long to wait for a DB held by another process; ``lock_timeout_s``: for
     another ingest of the same group to finish.
     """
@@ -75,6 +129,7 @@ def ingest(results_dir: str | Path, *, wait_s: float = 10.0, lock_timeout_s: flo
         try:
             for attempt in range(2):
                 found, skipped = scan(root)  # after taking the lock: files may have come while waiting
+                found, refused = _trusted(found)
                 try:
                     added = _sync(con, root, found)
                     break
@@ -87,7 +142,10 @@ def ingest(results_dir: str | Path, *, wait_s: float = 10.0, lock_timeout_s: flo
     for path in skipped:
         warnings.warn(f"{path}: not ingested: a spool file's name must start with a lowercase table name",
                       stacklevel=2)
-    return added
+    for path, why in refused.items():
+        warnings.warn(f"{path}: refused, not ingested: {why}; remove it (only files falstudy writes are loaded)",
+                      stacklevel=2)
+    return Ingested(added, refused)
 
 
 def _sync(con: "duckdb.DuckDBPyConnection", root: Path, found: dict[str, list[Path]]) -> dict[str, int]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from falstudy.errors import FalstudyError
+from falstudy.store.sandbox import execute, lock_down, one_line
 from falstudy.store.schema import FILE_COLUMN, TABLES
 from falstudy.store.spool import check_table_name, scan
 
@@ -33,12 +34,6 @@ def db_path(results_dir: str | Path) -> Path:
 def resolve_db(results_dir_or_db: str | Path) -> Path:
     path = Path(results_dir_or_db)
     return path if path.suffix == ".duckdb" or path.is_file() else db_path(path)
-
-
-def one_line(err: BaseException) -> str:
-    """DuckDB's message on one line (its caret-marker lines dropped)."""
-    lines = [line.strip() for line in str(err).splitlines()]
-    return " | ".join(line for line in lines if line and set(line) - set("^ "))
 
 
 def open_db(db: Path, *, read_only: bool, wait_s: float, rerun: str) -> "duckdb.DuckDBPyConnection":
@@ -64,8 +59,9 @@ def open_db(db: Path, *, read_only: bool, wait_s: float, rerun: str) -> "duckdb.
 
 
 def connect_readonly(results_dir_or_db: str | Path, *, wait_s: float = 10.0) -> "duckdb.DuckDBPyConnection":
-    """A read-only DuckDB connection to a results group's store. Close it when done (or use
-    ``with``): while it is open, no ingest can run."""
+    """A read-only DuckDB connection to a results group's store, locked down like every results
+    query (no other files, no settings changes: ``falstudy.store.sandbox``). Close it when done
+    (or use ``with``): while it is open, no ingest can run."""
     db = resolve_db(results_dir_or_db)
     if not db.parent.is_dir():
         raise FalstudyError(f"{db.parent}: no such results folder; pass results/<name> (a sweep or train --name)")
@@ -73,27 +69,9 @@ def connect_readonly(results_dir_or_db: str | Path, *, wait_s: float = 10.0) -> 
         raise FalstudyError(
             f"{db}: no results store; run `falstudy ingest {db.parent}` first (or read the spool with spool_query)"
         )
-    return open_db(db, read_only=True, wait_s=wait_s, rerun="falstudy sql ...")
-
-
-def _execute(con: "duckdb.DuckDBPyConnection", sql: str, params: Any, where: str) -> "pandas.DataFrame":
-    import duckdb
-    import pandas as pd
-
-    if not isinstance(sql, str) or not sql.strip():
-        raise FalstudyError("empty SQL statement; pass e.g. \"SELECT * FROM runs\"")
-    try:
-        result = con.execute(sql, params)
-        if result is None or con.description is None:
-            return pd.DataFrame()
-        return result.df()  # drains the (streamed) result
-    except duckdb.Error as err:
-        hint = ""
-        if isinstance(err, duckdb.CatalogException):  # DuckDB may suggest a system table instead
-            names = con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' "
-                                "AND NOT starts_with(table_name, '_') ORDER BY 1").fetchall()
-            hint = f" (tables: {', '.join(n for (n,) in names) or 'none'})"
-        raise FalstudyError(f"SQL error ({where}): {one_line(err)}{hint}") from err
+    con = open_db(db, read_only=True, wait_s=wait_s, rerun="falstudy sql ...")
+    lock_down(con)
+    return con
 
 
 def query(results_dir_or_db: str | Path, sql: str, params: Any = None, *, wait_s: float = 10.0) -> "pandas.DataFrame":
@@ -101,9 +79,12 @@ def query(results_dir_or_db: str | Path, sql: str, params: Any = None, *, wait_s
 
         query("results/bypass", "SELECT variant, avg(final_val_loss) FROM runs GROUP BY 1")
     """
+    from falstudy.store.sandbox import check_statement
+
+    check_statement(sql)  # before waiting for the DB: a refused statement never needs it
     con = connect_readonly(results_dir_or_db, wait_s=wait_s)
     try:
-        return _execute(con, sql, params, str(resolve_db(results_dir_or_db)))
+        return execute(con, sql, params, str(resolve_db(results_dir_or_db)))
     finally:
         con.close()
 
@@ -116,8 +97,9 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _create_views(con: "duckdb.DuckDBPyConnection", results_dir: Path) -> list[str]:
-    """One view per spool table (documented columns always present, plus ``_file``)."""
+def _create_views(con: "duckdb.DuckDBPyConnection", results_dir: Path) -> list[Path]:
+    """One view per spool table (documented columns always present, plus ``_file``); returns
+    the files behind them."""
     found, _ = scan(results_dir)
     prefix = len(str(results_dir)) + 2  # substr is 1-based; skip the "/"
     for table, files in found.items():
@@ -130,7 +112,7 @@ def _create_views(con: "duckdb.DuckDBPyConnection", results_dir: Path) -> list[s
         columns += [f"CAST(NULL AS {c.type}) AS {_quote(c.name)}" for c in missing]
         columns.append(f"substr({_quote(_SRC)}, {prefix}) AS {FILE_COLUMN}")
         con.execute(f"CREATE VIEW {_quote(table)} AS SELECT {', '.join(columns)} FROM {source}")
-    return list(found)
+    return [f for files in found.values() for f in files]
 
 
 def spool_query(results_dir: str | Path, sql: str, params: Any = None) -> "pandas.DataFrame":
@@ -138,16 +120,22 @@ def spool_query(results_dir: str | Path, sql: str, params: Any = None) -> "panda
     ``metrics``, ...), without the DB: works while runs are still writing."""
     import duckdb
 
+    from falstudy.store.sandbox import check_statement
+
+    check_statement(sql)
     root = Path(results_dir)
     if not root.is_dir():
         raise FalstudyError(f"{root}: no such results folder")
     root = root.resolve()
     for attempt in range(2):  # a chunk deleted between listing and reading: list again
-        con = duckdb.connect()  # in memory: the DB file is never opened
+        # in memory (the DB file is never opened); nothing loads extensions behind our back
+        con = duckdb.connect(config={"autoload_known_extensions": False, "autoinstall_known_extensions": False})
         try:
-            if not _create_views(con, root):
+            files = _create_views(con, root)
+            if not files:
                 raise FalstudyError(f"{root}: no spool files (*.parquet) yet; train or sweep into it first")
-            return _execute(con, sql, params, f"spool of {root}")
+            lock_down(con, files)
+            return execute(con, sql, params, f"spool of {root}")
         except duckdb.Error as err:  # while creating the views
             if attempt == 0 and isinstance(err, duckdb.IOException):
                 continue

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from falstudy.errors import FalstudyError
-from falstudy.store.query import connect_readonly, db_path, one_line, spool_query
+from falstudy.store.query import connect_readonly, db_path, spool_query
+from falstudy.store.sandbox import check_statement, execute
 from falstudy.store.spool import check_table_name, scan
 
 if TYPE_CHECKING:
@@ -112,7 +113,9 @@ class Results:
 
     # -- reading -------------------------------------------------------------------------------
     def sql(self, sql: str, params: Any = None) -> "pandas.DataFrame":
-        """Run one read-only SQL statement (DuckDB dialect) and return a DataFrame."""
+        """Run one read-only SQL statement (DuckDB dialect) and return a DataFrame. Only queries
+        run, and only over this group's files (``falstudy.store.sandbox``)."""
+        check_statement(sql)
         if self.source == "db":
             try:
                 con = connect_readonly(self.root, wait_s=self.wait_s)
@@ -126,17 +129,8 @@ class Results:
         return spool_query(self.root, sql, params)
 
     def _run_db(self, con: Any, sql: str, params: Any) -> "pandas.DataFrame":
-        import duckdb
-        import pandas as pd
-
-        if not isinstance(sql, str) or not sql.strip():
-            con.close()
-            raise FalstudyError("empty SQL statement; pass e.g. \"SELECT * FROM runs\"")
         try:
-            result = con.execute(sql, params)
-            return result.df() if con.description is not None else pd.DataFrame()
-        except duckdb.Error as err:
-            raise FalstudyError(f"SQL error ({db_path(self.root)}): {one_line(err)}") from err
+            return execute(con, sql, params, str(db_path(self.root)))
         finally:
             con.close()
 

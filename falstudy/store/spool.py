@@ -4,7 +4,9 @@ A run writes into ``results/<name>/runs/<run_id>/``; the sweep into ``results/<n
 A file's table is its name up to the first ``-`` (or ``.parquet``): ``runs.parquet`` is a
 rewritable file of table ``runs``; ``metrics-000050.parquet`` is an append-only chunk of table
 ``metrics``. Every write is atomic (a hidden temp file in the same folder, fsync, then
-``os.replace``), so readers and the ingester see a file whole or not at all.
+``os.replace``), so readers and the ingester see a file whole or not at all, and recorded in
+the folder's hidden manifest (``falstudy.store.manifest``): the ingester loads only files listed
+there.
 """
 
 from __future__ import annotations
@@ -122,6 +124,8 @@ def write_parquet(path: str | Path, rows: Any, *, table: str | None = None) -> P
     ``table`` (default: from the file name) selects the documented column types to cast to."""
     import pyarrow.parquet as pq
 
+    from falstudy.store import manifest
+
     path = Path(path)
     data = _to_arrow(rows, table or table_of(path))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -132,7 +136,10 @@ def write_parquet(path: str | Path, rows: Any, *, table: str | None = None) -> P
             pq.write_table(data, fh)
             fh.flush()
             os.fsync(fh.fileno())  # the rename must not land before the bytes
-        os.replace(tmp, path)
+        sha256 = manifest.digest(tmp)
+        with manifest.folder_lock(path.parent):  # the ingester checks file and manifest together
+            os.replace(tmp, path)
+            manifest.record(path, sha256)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

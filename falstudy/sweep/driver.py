@@ -10,7 +10,9 @@ journal and no study behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -51,11 +53,15 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def threads_per_trial(spec: SweepSpec, workers: int) -> int | None:
-    """Split this host's cores between the workers, unless the run config fixes it."""
+def threads_per_trial(spec: SweepSpec, workers: int, *, joined: bool = False) -> int | None:
+    """Torch threads per trial if this sweep's workers started now: this host's cores over every
+    training falstudy runs here (``falstudy.hostbudget``: other sweeps and trainings, plus these
+    ``workers`` unless ``joined``, i.e. already counted), unless the run config fixes it."""
     if (spec.run.get("train") or {}).get("threads"):
         return None
-    return max(1, cpu_count() // workers)
+    from falstudy.hostbudget import live_slots
+
+    return max(1, cpu_count() // max(1, live_slots() + (0 if joined else workers)))
 
 
 def check_data(spec: SweepSpec, source: str) -> None:
@@ -80,11 +86,12 @@ def check_data(spec: SweepSpec, source: str) -> None:
 def plan(spec_path: str | Path, *, workers: int | None = None, storage: str | None = None,
          results_dir: str | None = None, echo: Echo = print) -> SweepSpec:
     """Print what the sweep would run (and, for an existing journal study, what is done)."""
-    from falstudy.sweep.study import describe_storage, is_postgres, results_group, storage_url
+    from falstudy.sweep.study import check_storage, describe_storage, is_postgres, results_group, storage_url
 
     spec = load_spec(spec_path, workers=workers)
     url = storage_url(spec, storage, results_dir)
     group = results_group(spec, results_dir)
+    check_storage(url, made_later=group)
     states = _existing_states(spec, url)
     metrics = ", ".join(f"{o.metric} ({o.resolved_direction})" for o in spec.objectives)
     echo(f"sweep {spec.name}: {spec.description or ''}".rstrip(": "))
@@ -188,7 +195,8 @@ def run_sweep(spec_path: str | Path, *, workers: int | None = None, storage: str
     """Run (or join, or resume) the sweep of ``spec_path`` with ``workers`` local workers."""
     from falstudy.sweep import reap as R
     from falstudy.sweep.records import SWEEP_DIR, export_trials, ingest_quietly
-    from falstudy.sweep.study import describe_storage, ensure_queue, open_study, results_group, storage_url, study_lock
+    from falstudy.sweep.study import (check_storage, describe_storage, ensure_queue, open_study, results_group,
+                                      storage_url, study_lock)
 
     t0 = time.time()
     spec_path = Path(spec_path)
@@ -200,10 +208,19 @@ def run_sweep(spec_path: str | Path, *, workers: int | None = None, storage: str
                             f"on this host, but it has {cores} cores; lower workers (--workers)")
     url = storage_url(spec, storage, results_dir)
     group = results_group(spec, results_dir)
+    check_storage(url, made_later=group)
 
-    # from here on things are created
+    # from here on things are created; a storage that fails to open leaves no folders behind
+    made = [p for p in (group / SWEEP_DIR / "logs", *(group / SWEEP_DIR / "logs").parents) if not p.exists()]
+    group.mkdir(parents=True, exist_ok=True)
+    try:
+        opened = open_study(spec, url)
+    except BaseException:
+        for folder in made:  # deepest first; only the empty ones we made
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     (group / SWEEP_DIR / "logs").mkdir(parents=True, exist_ok=True)
-    opened = open_study(spec, url)
     study = opened.study
     report = SweepReport(spec.name, group, describe_storage(url))
     with study_lock(study, url):
@@ -222,7 +239,21 @@ def run_sweep(spec_path: str | Path, *, workers: int | None = None, storage: str
         export_trials(study, group, reaped)
 
     deadline = t0 + spec.timeout if spec.timeout else None
-    procs = _start_workers(spec, spec_path, url, group, results_dir, threads_per_trial(spec, spec.workers), deadline)
+    from falstudy.hostbudget import Lease
+
+    lease = Lease(spec.workers)  # this sweep's trainings count in every falstudy process's share
+    try:
+        return _run(spec, spec_path, url, group, results_dir, deadline, study, report, t0, echo, quiet)
+    finally:
+        lease.release()
+
+
+def _run(spec: SweepSpec, spec_path: Path, url: str, group: Path, results_dir: str | None, deadline: float | None,
+         study, report: SweepReport, t0: float, echo: Echo, quiet: bool) -> SweepReport:
+    from falstudy.sweep.records import export_trials, ingest_quietly
+
+    budget = threads_per_trial(spec, spec.workers, joined=True) is not None  # else the spec fixes train.threads
+    procs = _start_workers(spec, spec_path, url, group, results_dir, budget=budget, deadline=deadline)
     expected = len(cells(spec)) if spec.is_grid else (spec.n_trials * len(spec.seeds) if spec.n_trials else None)
     if expected is not None:  # re-runs of reaped or interrupted trials are trials too
         expected += sum("rerun_of" in t.user_attrs for t in study.get_trials(deepcopy=False))
@@ -251,9 +282,7 @@ def run_sweep(spec_path: str | Path, *, workers: int | None = None, storage: str
     report.interrupted = stop["signals"] > 0
     for i, p in enumerate(procs):
         if p.returncode != 0 and not report.interrupted:
-            how = f"killed by signal {signal.Signals(-p.returncode).name}" if p.returncode < 0 else f"exit code {p.returncode}"
-            tail = _tail(p.log_path)
-            report.workers_failed.append(f"worker {i} (pid {p.pid}) ended with {how}" + (f": {tail}" if tail else ""))
+            report.workers_failed.append(failed_worker_line(study, i, p.pid, p.returncode, p.log_path))
 
     export_trials(study, group)
     ingest_quietly(group)
@@ -276,7 +305,7 @@ class _Worker(subprocess.Popen):
 
 
 def _start_workers(spec: SweepSpec, spec_path: Path, url: str, group: Path, results_dir: str | None,
-                   threads: int | None, deadline: float | None) -> list[_Worker]:
+                   budget: bool, deadline: float | None) -> list[_Worker]:
     from falstudy.sweep.worker import die_with_parent
 
     procs = []
@@ -284,8 +313,8 @@ def _start_workers(spec: SweepSpec, spec_path: Path, url: str, group: Path, resu
         cmd = [sys.executable, "-m", "falstudy.sweep.worker", "--spec", str(spec_path.resolve()), "--storage", url]
         if results_dir:
             cmd += ["--results-dir", str(results_dir)]
-        if threads:
-            cmd += ["--threads", str(threads)]
+        if budget:
+            cmd += ["--budget"]
         if deadline:
             cmd += ["--deadline", f"{deadline:.3f}"]
         log_path = group / "sweep" / "logs" / f"worker-{socket.gethostname()}-{os.getpid()}-{i}.log"
@@ -298,10 +327,33 @@ def _start_workers(spec: SweepSpec, spec_path: Path, url: str, group: Path, resu
     return procs
 
 
+def failed_worker_line(study, index: int, pid: int, returncode: int, log_path: Path) -> str:
+    """Why worker ``index`` ended, naming the trial it was running when it did (not the one it
+    finished before), and what its log says after that trial's line."""
+    from falstudy.sweep.reap import host_name
+
+    how = f"killed by signal {signal.Signals(-returncode).name}" if returncode < 0 else f"exit code {returncode}"
+    host = host_name()
+    mine = [t for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get("worker_pid") == pid and t.user_attrs.get("worker_host", host) == host]
+    last = max(mine, key=lambda t: t.number, default=None)
+    line = f"worker {index} (pid {pid}) ended with {how}"
+    if last is not None and not last.state.is_finished():
+        line += f" while running trial {last.number} ({last.user_attrs.get('run_id', '?')})"
+    tail = _tail(log_path)
+    return line + (f": {tail}" if tail else "")
+
+
+_TRIAL_LINE = re.compile(r"^trial \d+ ")  # the worker's line per finished trial (worker.work)
+
+
 def _tail(path: Path, lines: int = 2) -> str:
+    """The last lines of a worker's log written after its last finished trial's line."""
     try:
         text = [x.strip() for x in path.read_text(errors="replace").splitlines() if x.strip()]
     except OSError:
         return ""
+    done = [i for i, x in enumerate(text) if _TRIAL_LINE.match(x)]
+    text = text[done[-1] + 1:] if done else text
     return " | ".join(text[-lines:])
 

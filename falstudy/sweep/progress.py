@@ -124,13 +124,17 @@ class Progress:
             self.live = None
 
     def poll(self) -> Summary:
+        from rich.text import Text
+
+        from falstudy.textout import escape_controls
+
         trials = self.study.get_trials(deepcopy=False)
         for t in trials:
             if t.state.is_finished() and t.number not in self.seen:
                 self.seen.add(t.number)
                 line = finished_line(t, self.metrics)
                 if self.live is not None:
-                    self.live.console.print(line)
+                    self.live.console.print(Text(escape_controls(line)))  # stored text, never markup
                 else:
                     self.echo(line)
         self.summary = summarize(trials, self.directions, self.metrics, self.expected)
@@ -143,12 +147,16 @@ class Progress:
         from rich.table import Table
         from rich.text import Text
 
+        from falstudy.textout import escape_controls
+
         table = Table(show_edge=False, header_style="bold", title=None)
         for col in ("trial", "run", "worker", "elapsed", "step", "val loss"):
             table.add_column(col, justify="right" if col in ("trial", "elapsed", "step", "val loss") else "left")
-        for r in s.running:
-            table.add_row(str(r["trial"]), r["run_id"], r["worker"],
-                          f"{r['elapsed_s']:.0f}s" if r["elapsed_s"] is not None else "-",
-                          str(r["step"]) if r["step"] is not None else "-",
-                          _fmt(r["value"]) if r["value"] is not None else "-")
-        return Group(Text(s.line()), table) if s.running else Text(s.line())
+        for r in s.running:  # cells as Text: run ids and hosts are shown verbatim, never as markup
+            cells = (str(r["trial"]), str(r["run_id"]), str(r["worker"]),
+                     f"{r['elapsed_s']:.0f}s" if r["elapsed_s"] is not None else "-",
+                     str(r["step"]) if r["step"] is not None else "-",
+                     _fmt(r["value"]) if r["value"] is not None else "-")
+            table.add_row(*(Text(escape_controls(c)) for c in cells))
+        line = Text(escape_controls(s.line()))
+        return Group(line, table) if s.running else line

@@ -85,15 +85,36 @@ def describe_storage(url: str) -> str:
     return url
 
 
+def check_storage(url: str, made_later: Path | None = None) -> None:
+    """Refuse a storage that cannot work, creating nothing: a URL of another kind, or a journal
+    path that is a folder, lies inside a file, or whose folder does not exist (``made_later``: a
+    folder the sweep creates itself, the results group)."""
+    if "://" in url and not is_postgres(url):
+        raise FalstudyError(f"storage {url!r}: use a journal file path or a postgresql:// URL")
+    if is_postgres(url):
+        return
+    path = Path(url)
+    if path.is_dir():
+        raise FalstudyError(f"storage {url}: is a folder; give a journal file path, e.g. {path / JOURNAL_NAME}")
+    for parent in path.parents:  # the nearest one that exists must be a folder
+        if parent.exists():
+            if not parent.is_dir():
+                raise FalstudyError(f"storage {url}: {parent} is a file, not a folder; give a journal file path "
+                                    "in a folder")
+            break
+    if path.exists() and not path.is_file():
+        raise FalstudyError(f"storage {url}: not a regular file")
+    will_exist = made_later is not None and (path.parent == made_later or made_later in path.parent.parents)
+    if not path.parent.is_dir() and not will_exist:
+        raise FalstudyError(f"storage {url}: folder {path.parent} does not exist; create it or give another path")
+
+
 def make_storage(url: str) -> "optuna.storages.BaseStorage":
     import optuna
 
-    if "://" in url and not is_postgres(url):
-        raise FalstudyError(f"storage {url!r}: use a journal file path or a postgresql:// URL")
+    check_storage(url)
     if not is_postgres(url):
         path = Path(url)
-        if not path.parent.is_dir():
-            raise FalstudyError(f"storage {url}: folder {path.parent} does not exist")
         from optuna.storages.journal import JournalFileBackend
 
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))

@@ -65,9 +65,19 @@ class WorkerConfig:
     url: str
     group: Path  # results/<name>
     results_dir: str
-    threads: int | None = None
+    threads: int | None = None  # per trial; None: the host budget's share when each trial starts
     deadline: float | None = None  # unix time after which no trial starts
     stop: Stop = field(default_factory=Stop)
+    budget: bool = False  # threads from falstudy.hostbudget.share() (unless the spec fixes train.threads)
+
+    def trial_threads(self) -> int | None:
+        """Torch threads for the trial starting now (all its ranks together), or None to leave
+        the spec's train.threads alone."""
+        if self.budget and not (self.spec.run.get("train") or {}).get("threads"):
+            from falstudy.hostbudget import share
+
+            return share()
+        return self.threads
 
 
 # --------------------------------------------------------------------------- taking a trial
@@ -207,7 +217,8 @@ def run_trial(study: "optuna.Study", trial: "optuna.Trial", cfg: WorkerConfig) -
     work = cfg.group / SWEEP_DIR / "work"
     work.mkdir(parents=True, exist_ok=True)
     config = run_config_data(spec, params, seed, run_id, cfg.results_dir)
-    threads = max(1, cfg.threads // spec.backend.nproc) if cfg.threads else None  # per rank
+    total = cfg.trial_threads()  # asked per trial: other falstudy processes may have started or ended
+    threads = max(1, total // spec.backend.nproc) if total else None  # per rank
     if threads and "threads" not in config.get("train", {}):
         config.setdefault("train", {})["threads"] = threads
     stem = f"trial-{number:05d}"
@@ -301,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--storage", default=None)
     ap.add_argument("--results-dir", default=None)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--budget", action="store_true", help="threads per trial from the host budget")
     ap.add_argument("--deadline", type=float, default=None)
     args = ap.parse_args(argv)
     stop = Stop()
@@ -311,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
 
         url = storage_url(spec, args.storage, args.results_dir)
         cfg = WorkerConfig(spec, url, results_group(spec, args.results_dir), args.results_dir or spec.results_dir,
-                           args.threads, args.deadline, stop)
+                           args.threads, args.deadline, stop, budget=args.budget)
         work(cfg, echo=lambda line: print(line, flush=True))
     except FalstudyError as err:
         print(f"falstudy: error: {err}", file=sys.stderr, flush=True)

@@ -197,6 +197,9 @@ def _train(cfg: RunConfig, layout, quiet: bool, resume: bool, ingest: bool, on_e
     spool = RunSpool(run_dir) if layout.is_main else _NoSpool()
     ckpt_path = run_dir / "checkpoint.pt"  # under tp/dp, every host must see this folder to resume
 
+    from falstudy.models.size import check_fits
+
+    check_fits(cfg.model, device, shards=layout.tp or 1)  # before allocating: one line, not the allocator's
     torch.manual_seed(cfg.seed)  # the same on every rank: parallelize checks the replicas agree
     model = GPT(cfg.model).to(device)
     n_params = model.num_params()  # of the whole model, before sharding
@@ -293,6 +296,8 @@ def _train(cfg: RunConfig, layout, quiet: bool, resume: bool, ingest: bool, on_e
                 "torch_rng": torch.get_rng_state(),
             },
         )
+        # while running, runs.final_step is the resume point: the step of the last checkpoint
+        spool.write_table("runs", [{**run_row, "status": "running", "final_step": step, "final_val_loss": val_loss}])
 
     def run_eval(step: int) -> float:
         # the same eval batches as one process with the global batch; each DP rank takes its rows
