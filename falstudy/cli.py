@@ -28,6 +28,24 @@ app = typer.Typer(
 data_app = typer.Typer(help="Prepare corpora as token shards under data/.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from falstudy.usage import version_line
+
+        typer.echo(version_line())
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="print the package version and git commit, then exit")] = False,
+) -> None:
+    """Architecture ablation studies of transformer blocks (FAL and friends)."""
+
+
 QUIET = typer.Option("--quiet", "-q", help="No progress bars (for CI and logs).")
 
 
@@ -248,7 +266,7 @@ from falstudy.report.cli import register as register_report; register_report(app
 
 
 def main(argv: list[str] | None = None) -> None:
-    import click
+    from falstudy.usage import is_help_screen, usage_error_types, usage_line
 
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
@@ -259,12 +277,15 @@ def main(argv: list[str] | None = None) -> None:
     except FalstudyError as err:
         typer.echo(f"falstudy: error: {err}", err=True)
         sys.exit(2)
-    except click.exceptions.Exit as done:
+    except (typer.Exit, *_click_exits()) as done:
         sys.exit(done.exit_code)
-    except click.ClickException as err:  # usage errors: exit 2, as click does
-        err.show()
-        sys.exit(err.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except usage_error_types() as err:  # click's or typer's: bad usage exits 2 with one line
+        if is_help_screen(err):
+            err.show()
+        else:
+            typer.echo(usage_line(err), err=True)
+        sys.exit(getattr(err, "exit_code", 2))
+    except (typer.Abort, *_click_aborts(), KeyboardInterrupt):
         typer.echo("falstudy: interrupted", err=True)
         sys.exit(130)
     except Exception as err:
@@ -273,6 +294,22 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"falstudy: internal error: {type(err).__name__}: {err} (rerun with --debug for the traceback)", err=True)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _click_exits() -> tuple[type[BaseException], ...]:
+    try:
+        import click
+    except ImportError:
+        return ()
+    return (click.exceptions.Exit,)
+
+
+def _click_aborts() -> tuple[type[BaseException], ...]:
+    try:
+        import click
+    except ImportError:
+        return ()
+    return (click.exceptions.Abort,)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Tensor-parallel step time of fal and parallel against baseline, measured side by side at TP=2,
 with the cost model's prediction next to each measurement, and its projection to GPT-2 shapes.
 
-    falstudy bench tp [--rounds 8 --steps 3] [--out results/bench]
-    python bench/tp_step.py [...]          # the same
+    falstudy bench tp [--rounds 8 --steps 3] [--out results/bench] [--shape comm-heavy]
+    python bench/tp_step.py [...]          # the same (options: falstudy/parallel/cli.py)
 
 Re-executes itself under torchrun with 2 ranks (refused on fewer than 2 cores). Two shapes:
 ``comm-heavy`` (small width and batch: all-reduce latency dominates) and ``compute-heavy``. For
@@ -22,7 +22,6 @@ PCIe 4 and NVLink presets) for notebooks.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from pathlib import Path
@@ -122,25 +121,21 @@ def mean(value: float, group) -> float:
     return float(t.item()) / dist.get_world_size(group)
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="falstudy bench tp", description="Step time of fal and parallel vs baseline at TP=2, measured and predicted side by side.")
-    ap.add_argument("--rounds", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=3, help="timed steps per model per round")
-    ap.add_argument("--out", default="results/bench")
-    ap.add_argument("--shapes", nargs="*", default=list(SHAPES), choices=list(SHAPES))
-    args = ap.parse_args(argv)
+def run(rounds: int = 8, steps: int = 3, out: str | Path = "results/bench", shapes: list[str] | None = None) -> None:
+    """Time every wiring at each shape (``SHAPES`` keys; default all), print the table, write Parquet."""
+    shapes = list(SHAPES) if shapes is None else shapes
 
     maybe_relaunch(tp=TP)
     ctx = init_distributed(tp=TP, backend="gloo")  # the benchmark's tensors live on the CPU
     group = ctx.tp_group
-    cases = [Case(s, w, group) for s in args.shapes for w in WIRINGS]
+    cases = [Case(s, w, group) for s in shapes for w in WIRINGS]
     t_start = time.perf_counter()
     fits = []
-    for _ in range(args.rounds):  # the all-reduce fit is repeated each round: it drifts with the machine
+    for _ in range(rounds):  # the all-reduce fit is repeated each round: it drifts with the machine
         fits.append(costmodel.fit_allreduce(group, reps=10))
         for case in cases:
             for mode in ("tp", "compute"):
-                case.run(mode, args.steps, group)
+                case.run(mode, steps, group)
     alpha = statistics.median(a for a, _ in fits)
     beta = statistics.median(b for _, b in fits)
     loop = costmodel.loopback_preset(alpha, beta, TP)
@@ -158,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
             "allreduce_fwd": case.counts.get("all_reduce_fwd", 0), "allreduce_bwd": case.counts.get("all_reduce_bwd", 0),
             "bytes_per_allreduce": pred.bytes_per_allreduce, "predicted_s": pred.total_s,
             "predicted_comm_s": pred.comm_s, "alpha_s": alpha, "beta_s_per_byte": beta,
-            "rounds": args.rounds, "steps_per_round": args.steps,
+            "rounds": rounds, "steps_per_round": steps,
         })
     for r in rows:
         base = next(b for b in rows if b["shape"] == r["shape"] and b["wiring"] == "baseline")
@@ -169,10 +164,10 @@ def main(argv: list[str] | None = None) -> None:
     projection = costmodel.gpt2_projection()
 
     if ctx.is_main:
-        out = Path(args.out)
+        out = Path(out)
         write_rows(out / "tp_step.parquet", rows)
         write_rows(out / "tp_projection.parquet", projection)
-        print(f"\nTP={TP} on {TP} gloo ranks (1 thread each); {args.rounds} rounds x {args.steps} steps, "
+        print(f"\nTP={TP} on {TP} gloo ranks (1 thread each); {rounds} rounds x {steps} steps, "
               f"{time.perf_counter() - t_start:.0f}s; all-reduce fit: alpha={alpha * 1e6:.1f} us, "
               f"beta={beta * 1e9:.3f} ns/B ({1 / beta / 1e9:.2f} GB/s)")
         print(f"{'shape':14s} {'wiring':9s} {'AR f+b':>7s} {'step ms':>9s} {'comm %':>7s} {'comp ms':>9s} {'pred ms':>9s} "
@@ -193,4 +188,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import typer
+
+    from falstudy.parallel.cli import bench_tp
+
+    typer.run(bench_tp)

@@ -1,0 +1,79 @@
+"""The command line's usage errors, --version and help: one line, exit 2, a suggestion."""
+
+from __future__ import annotations
+
+import pytest
+import typer
+
+from falstudy.cli import app, main
+
+
+def _leaf_commands(cmd=None, path=()):
+    cmd = cmd or typer.main.get_command(app)
+    if hasattr(cmd, "list_commands"):
+        for name in cmd.list_commands(None):
+            yield from _leaf_commands(cmd.get_command(None, name), (*path, name))
+    else:
+        yield path
+
+
+def _run(capsys, *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as done:
+        main(list(args))
+    out = capsys.readouterr()
+    return done.value.code, out.out, out.err
+
+
+COMMANDS = sorted(_leaf_commands())
+
+
+def test_the_walk_finds_the_commands():
+    assert {("train",), ("probe",), ("sql",), ("data", "prepare"), ("bench", "tp"), ("sweep",), ("report",)} <= set(COMMANDS)
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=lambda p: " ".join(p))
+def test_every_command_refuses_an_unknown_option_in_one_line(capsys, path):
+    code, out, err = _run(capsys, *path, "--no-such-option")
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"falstudy {' '.join(path)}: error: no such option --no-such-option")
+    assert f"falstudy {' '.join(path)} --help" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["train", "--stepz", "3"], "no such option --stepz (did you mean --steps?)"),
+        (["trian"], "no such command 'trian' (did you mean train?)"),
+        (["nosuchcmd"], "no such command 'nosuchcmd'"),
+        (["sql"], "missing argument"),
+        (["data", "prepare", "--tokenizer", "bytes"], "(did you mean byte?)"),
+        (["train", "--steps", "many"], "'--steps'"),
+    ],
+)
+def test_usage_errors_are_one_line_with_exit_2(capsys, args, needle):
+    code, out, err = _run(capsys, *args)
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], err
+    assert "internal error" not in err
+
+
+def test_version_names_the_package_and_commit(capsys):
+    import falstudy
+    from falstudy.provenance import _git
+
+    code, out, err = _run(capsys, "--version")
+    assert code == 0, err
+    assert out.startswith(f"falstudy {falstudy.__version__} ")
+    commit = _git("rev-parse", "--short", "HEAD")
+    assert (commit or "not a git checkout") in out
+
+
+def test_train_help_shows_the_defaults(capsys):
+    code, out, _ = _run(capsys, "train", "--help")
+    assert code == 0
+    flat = " ".join(out.split())
+    for text in ("[default: small]", "[default: 300 (small)", "[default: 0]", "[default: data/shakespeare-byte]"):
+        assert text in flat, text
