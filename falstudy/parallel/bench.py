@@ -35,6 +35,7 @@ from falstudy.parallel import costmodel
 from falstudy.parallel.comm import CommMeter
 from falstudy.parallel.launch import init_distributed, maybe_relaunch, shutdown
 from falstudy.parallel.tp import parallelize
+from falstudy.store import write_parquet
 
 TP = 2
 WIRINGS = ("baseline", "parallel", "fal")
@@ -42,22 +43,6 @@ SHAPES = {  # name: (model fields, batch)
     "comm-heavy": (dict(n_layer=4, n_embd=64, n_head=4, block_size=32, vocab_size=256), 2),
     "compute-heavy": (dict(n_layer=4, n_embd=384, n_head=6, block_size=128, vocab_size=256), 4),
 }
-
-
-def write_rows(path: Path, rows: list[dict]) -> None:
-    try:
-        from falstudy.store import write_parquet
-    except ImportError:  # the store is optional here: pandas, atomically
-        import os
-
-        import pandas as pd
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        pd.DataFrame(rows).to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-        return
-    write_parquet(path, rows)
 
 
 class Case:
@@ -165,8 +150,8 @@ def run(rounds: int = 8, steps: int = 3, out: str | Path = "results/bench", shap
 
     if ctx.is_main:
         out = Path(out)
-        write_rows(out / "tp_step.parquet", rows)
-        write_rows(out / "tp_projection.parquet", projection)
+        write_parquet(out / "tp_step.parquet", rows)
+        write_parquet(out / "tp_projection.parquet", projection)
         print(f"\nTP={TP} on {TP} gloo ranks (1 thread each); {rounds} rounds x {steps} steps, "
               f"{time.perf_counter() - t_start:.0f}s; all-reduce fit: alpha={alpha * 1e6:.1f} us, "
               f"beta={beta * 1e9:.3f} ns/B ({1 / beta / 1e9:.2f} GB/s)")

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from falstudy.atomic import atomic_write
 from falstudy.errors import FalstudyError
 from falstudy.store.schema import FILE_COLUMN, TABLES, arrow_type, validate_rows
 
@@ -124,18 +124,8 @@ def write_parquet(path: str | Path, rows: Any, *, table: str | None = None) -> P
 
     path = Path(path)
     data = _to_arrow(rows, table or table_of(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # hidden and without the .parquet suffix, so neither scan() nor globs pick it up
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            pq.write_table(data, fh)
-            fh.flush()
-            os.fsync(fh.fileno())  # the rename must not land before the bytes
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as fh:
+        pq.write_table(data, fh)
     return path
 
 
