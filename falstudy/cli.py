@@ -83,22 +83,29 @@ def data_prepare(
     typer.echo(str(path))
 
 
+class RunPreset(str, Enum):
+    small = "small"
+    none = "none"
+
+
 @app.command()
 def train(
     config: Annotated[Optional[Path], typer.Argument(help="a run config YAML (sections: model, train, data, ...)")] = None,
-    variant: Annotated[Optional[str], typer.Option(help="a preset, e.g. baseline, parallel, fal, fal_plus, no_attn (see `falstudy variants`)")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="training steps")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="seed for init and data order")] = None,
-    data: Annotated[Optional[str], typer.Option(help="prepared corpus folder (default data/shakespeare-byte)")] = None,
-    name: Annotated[Optional[str], typer.Option(help="results group: results/<name>/")] = None,
-    run_id: Annotated[Optional[str], typer.Option(help="run id (an existing one resumes from its checkpoint)")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
-    set_: Annotated[list[str], typer.Option("--set", "-s", help="override a field: section.field=value (repeatable)")] = [],
+    preset: Annotated[Optional[RunPreset], typer.Option(help="a run preset applied beneath CONFIG and --set: small = 4 layers x 128, 4 heads, block 128, batch 16, 300 steps (about a minute on 2 cores); none = the config defaults (6 x 384, 200 steps)", show_default="small without CONFIG, none with it")] = None,
+    variant: Annotated[Optional[str], typer.Option(help="a preset, e.g. baseline, parallel, fal, fal_plus, no_attn (see `falstudy variants`)", show_default="baseline wiring")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="training steps", show_default="300 with preset small, 200 with none")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="seed for init and data order", show_default="0")] = None,
+    data: Annotated[Optional[str], typer.Option(help="prepared corpus folder", show_default="data/shakespeare-byte")] = None,
+    name: Annotated[Optional[str], typer.Option(help="results group: results/<name>/", show_default="default")] = None,
+    run_id: Annotated[Optional[str], typer.Option(help="run id (an existing one resumes from its checkpoint)", show_default="<variant>-s<seed>-<time>-<hex>")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N", show_default="auto")] = None,
+    set_: Annotated[list[str], typer.Option("--set", "-s", help="override a field: section.field=value (repeatable; `--dry-run` lists every field)", show_default=False)] = [],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the resolved config, parameter count and time estimate; train nothing")] = False,
     no_resume: Annotated[bool, typer.Option("--no-resume", help="start afresh even if the run has a checkpoint")] = False,
     no_ingest: Annotated[bool, typer.Option("--no-ingest", help="leave the run in the spool (ingest later)")] = False,
-    tp: Annotated[Optional[int], typer.Option(help="tensor-parallel degree: relaunches under torchrun with tp x dp ranks")] = None,
-    dp: Annotated[Optional[int], typer.Option(help="data-parallel degree (train.batch_size is per DP rank)")] = None,
-    backend: Annotated[Optional[str], typer.Option(help="auto (nccl on CUDA, gloo on CPU) | gloo | nccl")] = None,
+    tp: Annotated[Optional[int], typer.Option(help="tensor-parallel degree: relaunches under torchrun with tp x dp ranks", show_default="1")] = None,
+    dp: Annotated[Optional[int], typer.Option(help="data-parallel degree (train.batch_size is per DP rank)", show_default="1")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="auto (nccl on CUDA, gloo on CPU) | gloo | nccl", show_default="auto")] = None,
     nnodes: Annotated[int, typer.Option(help="hosts taking part (run the same command on each)")] = 1,
     rdzv_endpoint: Annotated[Optional[str], typer.Option(help="HOST:PORT of the c10d rendezvous, for nnodes > 1")] = None,
     allow_oversubscribe: Annotated[bool, typer.Option("--allow-oversubscribe", help="allow more ranks than cores (correctness only: never time such a run)")] = False,
@@ -106,28 +113,67 @@ def train(
 ) -> None:
     """Train one GPT variant; results go to results/<name>/ (spool + DuckDB).
 
-    With --tp/--dp > 1 the command re-executes itself under torchrun (docs/parallel.md)."""
-    from falstudy.config import parse_override
+    Prints the resolved model, its parameter count and a time estimate first. With --tp/--dp > 1
+    the command re-executes itself under torchrun (docs/parallel.md)."""
+    from falstudy.config import load_yaml, parse_override, preset_fields
     from falstudy.train import as_run_config
     from falstudy.train import train as run_training
 
-    dotted = dict(parse_override(text) for text in set_)
+    chosen = preset.value if preset else ("none" if config else "small")
+    dotted = preset_fields(chosen, load_yaml(config) if config else None)
+    dotted.update(parse_override(text) for text in set_)
     for key, value in {"variant": variant, "train.steps": steps, "seed": seed, "data.path": data,
                        "name": name, "run_id": run_id, "train.device": device, "parallel.tp": tp,
                        "parallel.dp": dp, "parallel.backend": backend}.items():
         if value is not None:
             dotted[key] = value
     cfg = as_run_config(config, dotted)
+    main_rank = os.environ.get("RANK", "0") == "0"
+    if dry_run or (cfg.parallel.world == 1 or "RANK" in os.environ) and main_rank:
+        from falstudy.train.preview import config_yaml, header_lines, preview
+
+        shown = preview(cfg)
+        for line in header_lines(shown, None if chosen == "none" else chosen):
+            typer.echo(line)
+        if dry_run:
+            typer.echo(f"# the resolved config (save it and run `falstudy train FILE`):\n{config_yaml(shown.config)}", nl=False)
+            return
     if cfg.parallel.world > 1:
         _launch_parallel(cfg, nnodes, rdzv_endpoint, allow_oversubscribe)
+    elif cfg.run_id is None:  # named here so an interrupted run can say how to resume it
+        from falstudy.train.loop import new_run_id
+
+        cfg = cfg.model_copy(update={"run_id": new_run_id(cfg)})
     _sigterm_interrupts()
-    result = run_training(cfg, quiet=quiet, resume=not no_resume, ingest=not no_ingest)
-    if os.environ.get("RANK", "0") != "0":
+    try:
+        result = run_training(cfg, quiet=quiet, resume=not no_resume, ingest=not no_ingest)
+    except KeyboardInterrupt:
+        if main_rank:
+            typer.echo(_interrupted_line(cfg), err=True)
+        raise typer.Exit(130) from None
+    if not main_rank:
         return  # rank 0 speaks for the run
     val = f"{result.final_val_loss:.4f}" if result.final_val_loss is not None else "n/a"
     typer.echo(f"{result.run_id}: {result.status} at step {result.final_step}, val loss {val} -> {result.run_dir}")
     if result.status not in ("completed", "pruned"):
         raise typer.Exit(3)
+
+
+def _interrupted_line(cfg) -> str:
+    """One line: which run stopped, where it can resume from, and the command that resumes it."""
+    import shlex
+
+    if cfg.run_id is None:  # under torchrun, ranks agree on an id the launcher never saw
+        return f"falstudy: interrupted; the run is in {cfg.results_dir}/{cfg.name}/runs/ (rerun with --run-id ID to resume it)"
+    run_dir = Path(cfg.results_dir) / cfg.name / "runs" / cfg.run_id
+    args = [a for a in sys.argv[1:] if a not in ("--no-resume", "--debug")]
+    if "--run-id" not in args and not any(a.startswith("--run-id=") for a in args):
+        args += ["--run-id", cfg.run_id]
+    if args[:1] != ["train"]:  # python -m falstudy.train ...
+        args = ["train", *args]
+    where = "from its last checkpoint" if (run_dir / "checkpoint.pt").exists() else "from step 0 (no checkpoint yet)"
+    return (f"falstudy: interrupted run {cfg.run_id} ({run_dir}); resume it {where} with: "
+            f"falstudy {shlex.join(args)}")
 
 
 def _launch_parallel(cfg, nnodes: int, rdzv_endpoint: str | None, allow_oversubscribe: bool) -> None:

@@ -74,6 +74,37 @@ def test_version_names_the_package_and_commit(capsys):
 def test_train_help_shows_the_defaults(capsys):
     code, out, _ = _run(capsys, "train", "--help")
     assert code == 0
-    flat = " ".join(out.split())
-    for text in ("[default: small]", "[default: 300 (small)", "[default: 0]", "[default: data/shakespeare-byte]"):
-        assert text in flat, text
+    flat = "".join(out.split())  # help wraps lines anywhere, hyphens too
+    for text in ("[default: (small without CONFIG, none with it)]", "[default: (300 with preset small, 200 with none)]",
+                 "[default: (0)]", "[default: (data/shakespeare-byte)]", "[default: (auto)]", "[default: 1]"):
+        assert "".join(text.split()) in flat, text
+
+
+def test_dry_run_prints_the_resolved_config_and_writes_nothing(capsys, corpus, tmp_path):
+    import yaml
+
+    code, out, err = _run(capsys, "train", "--dry-run", "--variant", "fal", "--data", str(corpus),
+                          "--set", f"results_dir={tmp_path / 'res'}", "--set", "train.lr=0.002")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("model: fal (fal), 4 layers x 128 (4 heads), block 128, vocab 256: ")
+    assert "M parameters (preset small" in lines[0]
+    assert lines[1].startswith("train: 300 steps x 16 x 128 tokens, lr 0.002, seed 0, device cpu")
+    assert lines[2].startswith("estimate: ~") and " per step, ~" in lines[2]
+    resolved = yaml.safe_load(out.split("\n", 4)[4])
+    assert resolved["model"]["n_layer"] == 4 and resolved["model"]["wiring"] == "fal"
+    assert resolved["train"]["lr"] == 0.002 and resolved["data"]["path"] == str(corpus)
+    assert not (tmp_path / "res").exists()
+    # --preset none gives the config defaults; a config file takes them too unless asked
+    code, out, _ = _run(capsys, "train", "--dry-run", "--preset", "none", "--data", str(corpus))
+    assert code == 0 and out.startswith("model: baseline (baseline), 6 layers x 384 (6 heads), block 256")
+    assert "preset" not in out.splitlines()[0]
+
+
+def test_dry_run_parameter_count_is_the_models(capsys, corpus):
+    import falstudy
+
+    code, out, _ = _run(capsys, "train", "--dry-run", "--data", str(corpus), "--set", "model.n_layer=2")
+    cfg = falstudy.RunConfig(model={"n_layer": 2, "n_embd": 128, "n_head": 4, "block_size": 128, "vocab_size": 256})
+    n = falstudy.GPT(cfg.model).num_params(non_embedding=False)
+    assert code == 0 and f": {n / 1e6:.2f}M parameters" in out.splitlines()[0]
