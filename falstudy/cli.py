@@ -166,11 +166,11 @@ def _interrupted_line(cfg) -> str:
     if cfg.run_id is None:  # under torchrun, ranks agree on an id the launcher never saw
         return f"falstudy: interrupted; the run is in {cfg.results_dir}/{cfg.name}/runs/ (rerun with --run-id ID to resume it)"
     run_dir = Path(cfg.results_dir) / cfg.name / "runs" / cfg.run_id
-    args = [a for a in sys.argv[1:] if a not in ("--no-resume", "--debug")]
+    from falstudy.usage import invoked_args
+
+    args = [a for a in invoked_args() if a != "--no-resume"]
     if "--run-id" not in args and not any(a.startswith("--run-id=") for a in args):
         args += ["--run-id", cfg.run_id]
-    if args[:1] != ["train"]:  # python -m falstudy.train ...
-        args = ["train", *args]
     where = "from its last checkpoint" if (run_dir / "checkpoint.pt").exists() else "from step 0 (no checkpoint yet)"
     return (f"falstudy: interrupted run {cfg.run_id} ({run_dir}); resume it {where} with: "
             f"falstudy {shlex.join(args)}")
@@ -312,12 +312,13 @@ from falstudy.report.cli import register as register_report; register_report(app
 
 
 def main(argv: list[str] | None = None) -> None:
-    from falstudy.usage import is_help_screen, usage_error_types, usage_line
+    from falstudy.usage import INVOKED, is_help_screen, usage_error_types, usage_line
 
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     if debug:
         args.remove("--debug")
+    INVOKED[:] = args  # for resume hints
     try:
         code = app(args=args, prog_name="falstudy", standalone_mode=False)
     except FalstudyError as err:

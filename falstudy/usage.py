@@ -13,6 +13,16 @@ _NO_SUCH_COMMAND = re.compile(r"No such command '(.+?)'")
 _NOT_ONE_OF = re.compile(r"'([^']+)' is not one of (.+?)\.?$")
 
 
+# the arguments after ``falstudy`` of this invocation (kept here, not in falstudy.cli, which
+# `python -m falstudy.cli` imports twice)
+INVOKED: list[str] = []
+
+
+def invoked_args() -> list[str]:
+    """What this invocation was given after ``falstudy`` (``--debug`` removed), for resume hints."""
+    return list(INVOKED)
+
+
 def usage_error_types() -> tuple[type[BaseException], ...]:
     """click's and typer's base classes of the errors a parser raises for bad input."""
     found: list[type[BaseException]] = []
