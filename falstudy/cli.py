@@ -194,36 +194,70 @@ def _launch_parallel(cfg, nnodes: int, rdzv_endpoint: str | None, allow_oversubs
 
 @app.command()
 def probe(
-    run: Annotated[Path, typer.Argument(help="a run folder (results/<name>/runs/<id>), a checkpoint file, or a local GPT-2 Hugging Face folder")],
+    run: Annotated[str, typer.Argument(help="a run id (as `falstudy train` prints it), a run folder (results/<name>/runs/<id>), a checkpoint file, or a local GPT-2 Hugging Face folder")],
+    results: Annotated[Optional[Path], typer.Option("--results", "-r", help="results group to look a run id up in", show_default="every group under ./results")] = None,
     probes: Annotated[str, typer.Option(help="comma-separated: cka, grads, attn_removal, bypass, linear, logit_lens, or all")] = "all",
     tokens: Annotated[int, typer.Option(help="token budget (sequences x length) per probe")] = 8192,
     batch_size: Annotated[int, typer.Option(help="sequences per forward")] = 8,
-    seq_len: Annotated[Optional[int], typer.Option(help="sequence length (default: the model's block_size)")] = None,
-    data: Annotated[Optional[str], typer.Option(help="corpus folder (default: the run's data.path)")] = None,
+    seq_len: Annotated[Optional[int], typer.Option(help="sequence length", show_default="the model's block_size")] = None,
+    data: Annotated[Optional[str], typer.Option(help="corpus folder", show_default="the run's data.path")] = None,
     split: Annotated[str, typer.Option(help="corpus split to probe on")] = "val",
-    pair: Annotated[list[str], typer.Option("--pair", help="extra CKA site pair SITE_A,SITE_B, e.g. blocks.0.attn,blocks.3.mlp.input (repeatable)")] = [],
+    pair: Annotated[list[str], typer.Option("--pair", help="extra CKA site pair SITE_A,SITE_B, e.g. blocks.0.attn,blocks.3.mlp.input (repeatable)", show_default=False)] = [],
     device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N")] = "cpu",
     no_write: Annotated[bool, typer.Option("--no-write", help="print only; write nothing to the run's spool")] = False,
     no_ingest: Annotated[bool, typer.Option("--no-ingest", help="leave the probe rows in the spool")] = False,
     quiet: Annotated[bool, QUIET] = False,
 ) -> None:
-    """Probe a trained model with nnsight (CKA, gradients, attention removal, bypass, linear probes, logit lens)."""
+    """Probe a trained model with nnsight (CKA, gradients, attention removal, bypass, linear probes,
+    logit lens); prints a table of what it measured (one column per layer) and writes the rows to
+    the run's spool unless --no-write."""
     from falstudy.probe import run_probes
+    from falstudy.probe.summary import summary_table
 
+    source = _probe_source(run, results)
     pairs = []
     for text in pair:
         sites = tuple(s.strip() for s in text.split(","))
         if len(sites) != 2:
             raise FalstudyError(f"--pair {text!r}: give two sites separated by a comma")
         pairs.append(sites)
-    df = run_probes(run, probes, tokens, batch_size, out=False if no_write else None, seq_len=seq_len,
+    df = run_probes(source, probes, tokens, batch_size, out=False if no_write else None, seq_len=seq_len,
                     data=data, split=split, cka_pairs=pairs, device=device, quiet=quiet)
-    if not no_write and not no_ingest and run.is_dir() and run.parent.name == "runs":
+    is_run = source.is_dir() and source.parent.name == "runs"
+    if not no_write and not no_ingest and is_run:
         from falstudy.store import ingest as ingest_results
 
-        ingest_results(run.parent.parent)
-    counts = df.groupby("probe").size() if len(df) else {}
-    typer.echo(", ".join(f"{p}: {n} rows" for p, n in counts.items()) or "no rows")
+        ingest_results(source.parent.parent)
+    table = summary_table(df)
+    if len(table):
+        typer.echo(table.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep=""))
+    counts = ", ".join(f"{p}: {n}" for p, n in df.groupby("probe").size().items()) if len(df) else "none"
+    if no_write or not is_run:
+        where = "not written (--no-write)" if no_write else "not written (not a run folder)"
+    else:
+        where = (f"written to {source}/probes-*.parquet; all of them: falstudy sql -r {source.parent.parent} "
+                 f"\"SELECT * FROM probes WHERE run_id = '{source.name}'\"")
+    typer.echo(f"rows per probe: {counts}; {where}")
+
+
+def _probe_source(run: str, results: Path | None) -> Path:
+    """A path as given, or a run id found under ``results`` (a group) or every group in ./results."""
+    path = Path(run)
+    if path.exists() and results is None:
+        return path
+    if "/" in run or run in ("", ".", ".."):
+        raise FalstudyError(f"{run}: no such run folder, checkpoint or model folder")
+    groups = [results] if results is not None else sorted(p for p in Path("results").glob("*") if p.is_dir())
+    if results is not None and not results.is_dir():
+        raise FalstudyError(f"{results}: no such results folder; pass results/<name> (a sweep or train --name)")
+    found = [g / "runs" / run for g in groups if (g / "runs" / run).is_dir()]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise FalstudyError(f"run {run} is in {len(found)} groups ({', '.join(str(f.parent.parent) for f in found)}); "
+                            "choose one with -r")
+    where = results or "any group under ./results"
+    raise FalstudyError(f"{run}: not a path, and no run with that id in {where}; pass a run folder or -r GROUP")
 
 
 @app.command()

@@ -108,3 +108,39 @@ def test_dry_run_parameter_count_is_the_models(capsys, corpus):
     cfg = falstudy.RunConfig(model={"n_layer": 2, "n_embd": 128, "n_head": 4, "block_size": 128, "vocab_size": 256})
     n = falstudy.GPT(cfg.model).num_params(non_embedding=False)
     assert code == 0 and f": {n / 1e6:.2f}M parameters" in out.splitlines()[0]
+
+
+def test_probe_takes_a_run_id_and_prints_what_it_measured(capsys, corpus, tmp_path, monkeypatch):
+    import falstudy
+    from falstudy.probe.summary import summary_table
+
+    tiny = {"model__n_layer": 2, "model__n_embd": 32, "model__n_head": 2, "model__block_size": 32}
+    for group in ("a", "b"):
+        falstudy.train(data__path=str(corpus), results_dir=str(tmp_path / "results"), name=group, run_id=f"r-{group}",
+                       train__steps=4, train__eval_interval=4, train__eval_batches=1, quiet=True, **tiny)
+    falstudy.train(data__path=str(corpus), results_dir=str(tmp_path / "results"), name="b", run_id="r-a",
+                   train__steps=4, train__eval_interval=4, train__eval_batches=1, quiet=True, **tiny)
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "results" / "a" / "runs" / "r-a"
+    args = ["--probes", "logit_lens", "--tokens", "256", "--batch-size", "4", "-q"]
+
+    code, out, err = _run(capsys, "probe", "r-a", *args, "--no-write")
+    assert code == 2 and "run r-a is in 2 groups" in err and "-r" in err
+    code, out, err = _run(capsys, "probe", "r-a", "-r", "results/a", *args, "--no-write")
+    assert code == 0, err
+    want = summary_table(falstudy.run_probes(run_dir, "logit_lens", 256, 4, out=False, quiet=True))
+    lines = out.strip().splitlines()
+    assert lines[0].split() == ["probe", "site", "metric", "L0", "L1"]
+    for line, (_, row) in zip(lines[1:], want.iterrows()):
+        cells = line.split()
+        assert cells[:3] == [row.probe, row.site, row.metric]
+        assert [float(c) for c in cells[3:]] == pytest.approx([row.L0, row.L1], rel=1e-3)
+    assert lines[-1] == "rows per probe: logit_lens: 12; not written (--no-write)"
+    assert not list(run_dir.glob("probes-*.parquet"))
+
+    code, out, err = _run(capsys, "probe", "r-b", *args)
+    assert code == 0, err
+    assert list((tmp_path / "results" / "b" / "runs" / "r-b").glob("probes-logit_lens*.parquet"))
+    assert "written to results/b/runs/r-b/probes-*.parquet" in out.splitlines()[-1]
+    code, _, err = _run(capsys, "probe", "r-zzz", *args)
+    assert code == 2 and "no run with that id" in err
