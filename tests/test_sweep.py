@@ -225,3 +225,8 @@ def test_ctrl_c_names_the_sweep_and_the_command_that_continues_it(corpus, tmp_pa
     line = err.strip().splitlines()[-1]
     assert line.startswith(f"falstudy: interrupted sweep s ({group}); completed trials are kept; continue it with: ")
     assert shlex.split(line.split(" with: ", 1)[1]) == ["falstudy", "sweep", str(spec), "--quiet", "--resume"]
+    # the dashboard names the objective by its metric
+    from falstudy.sweep.study import make_storage
+
+    study = optuna.load_study(study_name="s", storage=make_storage(str(group / "optuna.journal")))
+    assert study.metric_names == ["val_loss"]

@@ -160,6 +160,8 @@ def open_study(spec: SweepSpec, url: str, *, create: bool = True) -> Opened:
         try:
             study = optuna.create_study(directions=spec.directions, **kwargs)
             study.set_user_attr(SPEC_ATTR, spec.fingerprint())
+            # optuna-dashboard then says "val_loss", not "Objective 0"
+            study.set_metric_names([o.metric for o in spec.objectives])
             created = True
         except optuna.exceptions.DuplicatedStudyError:  # another process won the race
             study = optuna.load_study(**kwargs)
