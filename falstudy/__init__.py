@@ -17,6 +17,8 @@ _LAZY = {
     "GPT": ("falstudy.models", "GPT"),
     "VARIANTS": ("falstudy.models", "VARIANTS"),
     "load_checkpoint": ("falstudy.models", "load_checkpoint"),
+    "load_gpt2": ("falstudy.models.hf", "load_gpt2"),
+    "RUN_PRESETS": ("falstudy.config", "RUN_PRESETS"),
     "prepare": ("falstudy.data", "prepare"),
     "run_probes": ("falstudy.probe", "run_probes"),
     "ingest": ("falstudy.store", "ingest"),

@@ -28,6 +28,24 @@ app = typer.Typer(
 data_app = typer.Typer(help="Prepare corpora as token shards under data/.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from falstudy.usage import version_line
+
+        typer.echo(version_line())
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="print the package version and git commit, then exit")] = False,
+) -> None:
+    """Architecture ablation studies of transformer blocks (FAL and friends)."""
+
+
 QUIET = typer.Option("--quiet", "-q", help="No progress bars (for CI and logs).")
 
 
@@ -65,22 +83,29 @@ def data_prepare(
     typer.echo(str(path))
 
 
+class RunPreset(str, Enum):
+    small = "small"
+    none = "none"
+
+
 @app.command()
 def train(
     config: Annotated[Optional[Path], typer.Argument(help="a run config YAML (sections: model, train, data, ...)")] = None,
-    variant: Annotated[Optional[str], typer.Option(help="a preset, e.g. baseline, parallel, fal, fal_plus, no_attn (see `falstudy variants`)")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="training steps")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="seed for init and data order")] = None,
-    data: Annotated[Optional[str], typer.Option(help="prepared corpus folder (default data/shakespeare-byte)")] = None,
-    name: Annotated[Optional[str], typer.Option(help="results group: results/<name>/")] = None,
-    run_id: Annotated[Optional[str], typer.Option(help="run id (an existing one resumes from its checkpoint)")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
-    set_: Annotated[list[str], typer.Option("--set", "-s", help="override a field: section.field=value (repeatable)")] = [],
+    preset: Annotated[Optional[RunPreset], typer.Option(help="a run preset applied beneath CONFIG and --set: small = 4 layers x 128, 4 heads, block 128, batch 16, 300 steps (about a minute on 2 cores); none = the config defaults (6 x 384, 200 steps)", show_default="small without CONFIG, none with it")] = None,
+    variant: Annotated[Optional[str], typer.Option(help="a preset, e.g. baseline, parallel, fal, fal_plus, no_attn (see `falstudy variants`)", show_default="baseline wiring")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="training steps", show_default="300 with preset small, 200 with none")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="seed for init and data order", show_default="0")] = None,
+    data: Annotated[Optional[str], typer.Option(help="prepared corpus folder", show_default="data/shakespeare-byte")] = None,
+    name: Annotated[Optional[str], typer.Option(help="results group: results/<name>/", show_default="default")] = None,
+    run_id: Annotated[Optional[str], typer.Option(help="run id (an existing one resumes from its checkpoint)", show_default="<variant>-s<seed>-<time>-<hex>")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N", show_default="auto")] = None,
+    set_: Annotated[list[str], typer.Option("--set", "-s", help="override a field: section.field=value (repeatable; `--dry-run` lists every field)", show_default=False)] = [],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the resolved config, parameter count and time estimate; train nothing")] = False,
     no_resume: Annotated[bool, typer.Option("--no-resume", help="start afresh even if the run has a checkpoint")] = False,
     no_ingest: Annotated[bool, typer.Option("--no-ingest", help="leave the run in the spool (ingest later)")] = False,
-    tp: Annotated[Optional[int], typer.Option(help="tensor-parallel degree: relaunches under torchrun with tp x dp ranks")] = None,
-    dp: Annotated[Optional[int], typer.Option(help="data-parallel degree (train.batch_size is per DP rank)")] = None,
-    backend: Annotated[Optional[str], typer.Option(help="auto (nccl on CUDA, gloo on CPU) | gloo | nccl")] = None,
+    tp: Annotated[Optional[int], typer.Option(help="tensor-parallel degree: relaunches under torchrun with tp x dp ranks", show_default="1")] = None,
+    dp: Annotated[Optional[int], typer.Option(help="data-parallel degree (train.batch_size is per DP rank)", show_default="1")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="auto (nccl on CUDA, gloo on CPU) | gloo | nccl", show_default="auto")] = None,
     nnodes: Annotated[int, typer.Option(help="hosts taking part (run the same command on each)")] = 1,
     rdzv_endpoint: Annotated[Optional[str], typer.Option(help="HOST:PORT of the c10d rendezvous, for nnodes > 1")] = None,
     allow_oversubscribe: Annotated[bool, typer.Option("--allow-oversubscribe", help="allow more ranks than cores (correctness only: never time such a run)")] = False,
@@ -88,20 +113,37 @@ def train(
 ) -> None:
     """Train one GPT variant; results go to results/<name>/ (spool + DuckDB).
 
-    With --tp/--dp > 1 the command re-executes itself under torchrun (docs/parallel.md)."""
-    from falstudy.config import parse_override
+    Prints the resolved model, its parameter count and a time estimate first. With --tp/--dp > 1
+    the command re-executes itself under torchrun (docs/parallel.md)."""
+    from falstudy.config import load_yaml, parse_override, preset_fields
     from falstudy.train import as_run_config
     from falstudy.train import train as run_training
 
-    dotted = dict(parse_override(text) for text in set_)
+    chosen = preset.value if preset else ("none" if config else "small")
+    dotted = preset_fields(chosen, load_yaml(config) if config else None)
+    dotted.update(parse_override(text) for text in set_)
     for key, value in {"variant": variant, "train.steps": steps, "seed": seed, "data.path": data,
                        "name": name, "run_id": run_id, "train.device": device, "parallel.tp": tp,
                        "parallel.dp": dp, "parallel.backend": backend}.items():
         if value is not None:
             dotted[key] = value
     cfg = as_run_config(config, dotted)
+    main_rank = os.environ.get("RANK", "0") == "0"
+    if dry_run or (cfg.parallel.world == 1 or "RANK" in os.environ) and main_rank:
+        from falstudy.train.preview import config_yaml, header_lines, preview
+
+        shown = preview(cfg)
+        for line in header_lines(shown, None if chosen == "none" else chosen):
+            typer.echo(line)
+        if dry_run:
+            typer.echo(f"# the resolved config (save it and run `falstudy train FILE`):\n{config_yaml(shown.config)}", nl=False)
+            return
     if cfg.parallel.world > 1:
         _launch_parallel(cfg, nnodes, rdzv_endpoint, allow_oversubscribe)  # returns inside torchrun only
+    elif cfg.run_id is None:  # named here so an interrupted run can say how to resume it
+        from falstudy.train.loop import new_run_id
+
+        cfg = cfg.model_copy(update={"run_id": new_run_id(cfg)})
     _sigterm_interrupts()
     lease = None
     if cfg.parallel.world == 1 and not cfg.train.threads:  # share the cores with other falstudy trainings
@@ -111,15 +153,36 @@ def train(
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"threads": share()})})
     try:
         result = run_training(cfg, quiet=quiet, resume=not no_resume, ingest=not no_ingest)
+    except KeyboardInterrupt:
+        if main_rank:
+            typer.echo(_interrupted_line(cfg), err=True)
+        raise typer.Exit(130) from None
     finally:
         if lease is not None:
             lease.release()
-    if os.environ.get("RANK", "0") != "0":
+    if not main_rank:
         return  # rank 0 speaks for the run
     val = f"{result.final_val_loss:.4f}" if result.final_val_loss is not None else "n/a"
     typer.echo(f"{result.run_id}: {result.status} at step {result.final_step}, val loss {val} -> {result.run_dir}")
     if result.status not in ("completed", "pruned"):
         raise typer.Exit(3)
+
+
+def _interrupted_line(cfg) -> str:
+    """One line: which run stopped, where it can resume from, and the command that resumes it."""
+    import shlex
+
+    if cfg.run_id is None:  # under torchrun, ranks agree on an id the launcher never saw
+        return f"falstudy: interrupted; the run is in {cfg.results_dir}/{cfg.name}/runs/ (rerun with --run-id ID to resume it)"
+    run_dir = Path(cfg.results_dir) / cfg.name / "runs" / cfg.run_id
+    from falstudy.usage import invoked_args
+
+    args = [a for a in invoked_args() if a != "--no-resume"]
+    if "--run-id" not in args and not any(a.startswith("--run-id=") for a in args):
+        args += ["--run-id", cfg.run_id]
+    where = "from its last checkpoint" if (run_dir / "checkpoint.pt").exists() else "from step 0 (no checkpoint yet)"
+    return (f"falstudy: interrupted run {cfg.run_id} ({run_dir}); resume it {where} with: "
+            f"falstudy {shlex.join(args)}")
 
 
 def _launch_parallel(cfg, nnodes: int, rdzv_endpoint: str | None, allow_oversubscribe: bool) -> None:
@@ -156,36 +219,70 @@ def _launch_parallel(cfg, nnodes: int, rdzv_endpoint: str | None, allow_oversubs
 
 @app.command()
 def probe(
-    run: Annotated[Path, typer.Argument(help="a run folder (results/<name>/runs/<id>), a checkpoint file, or a local GPT-2 Hugging Face folder")],
+    run: Annotated[str, typer.Argument(help="a run id (as `falstudy train` prints it), a run folder (results/<name>/runs/<id>), a checkpoint file, or a local GPT-2 Hugging Face folder")],
+    results: Annotated[Optional[Path], typer.Option("--results", "-r", help="results group to look a run id up in", show_default="every group under ./results")] = None,
     probes: Annotated[str, typer.Option(help="comma-separated: cka, grads, attn_removal, bypass, linear, logit_lens, or all")] = "all",
     tokens: Annotated[int, typer.Option(help="token budget (sequences x length) per probe")] = 8192,
     batch_size: Annotated[int, typer.Option(help="sequences per forward")] = 8,
-    seq_len: Annotated[Optional[int], typer.Option(help="sequence length (default: the model's block_size)")] = None,
-    data: Annotated[Optional[str], typer.Option(help="corpus folder (default: the run's data.path)")] = None,
+    seq_len: Annotated[Optional[int], typer.Option(help="sequence length", show_default="the model's block_size")] = None,
+    data: Annotated[Optional[str], typer.Option(help="corpus folder", show_default="the run's data.path")] = None,
     split: Annotated[str, typer.Option(help="corpus split to probe on")] = "val",
-    pair: Annotated[list[str], typer.Option("--pair", help="extra CKA site pair SITE_A,SITE_B, e.g. blocks.0.attn,blocks.3.mlp.input (repeatable)")] = [],
+    pair: Annotated[list[str], typer.Option("--pair", help="extra CKA site pair SITE_A,SITE_B, e.g. blocks.0.attn,blocks.3.mlp.input (repeatable)", show_default=False)] = [],
     device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N")] = "cpu",
     no_write: Annotated[bool, typer.Option("--no-write", help="print only; write nothing to the run's spool")] = False,
     no_ingest: Annotated[bool, typer.Option("--no-ingest", help="leave the probe rows in the spool")] = False,
     quiet: Annotated[bool, QUIET] = False,
 ) -> None:
-    """Probe a trained model with nnsight (CKA, gradients, attention removal, bypass, linear probes, logit lens)."""
+    """Probe a trained model with nnsight (CKA, gradients, attention removal, bypass, linear probes,
+    logit lens); prints a table of what it measured (one column per layer) and writes the rows to
+    the run's spool unless --no-write."""
     from falstudy.probe import run_probes
+    from falstudy.probe.summary import summary_table
 
+    source = _probe_source(run, results)
     pairs = []
     for text in pair:
         sites = tuple(s.strip() for s in text.split(","))
         if len(sites) != 2:
             raise FalstudyError(f"--pair {text!r}: give two sites separated by a comma")
         pairs.append(sites)
-    df = run_probes(run, probes, tokens, batch_size, out=False if no_write else None, seq_len=seq_len,
+    df = run_probes(source, probes, tokens, batch_size, out=False if no_write else None, seq_len=seq_len,
                     data=data, split=split, cka_pairs=pairs, device=device, quiet=quiet)
-    if not no_write and not no_ingest and run.is_dir() and run.parent.name == "runs":
+    is_run = source.is_dir() and source.parent.name == "runs"
+    if not no_write and not no_ingest and is_run:
         from falstudy.store import ingest as ingest_results
 
-        ingest_results(run.parent.parent)
-    counts = df.groupby("probe").size() if len(df) else {}
-    typer.echo(", ".join(f"{p}: {n} rows" for p, n in counts.items()) or "no rows")
+        ingest_results(source.parent.parent)
+    table = summary_table(df)
+    if len(table):
+        typer.echo(table.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep=""))
+    counts = ", ".join(f"{p}: {n}" for p, n in df.groupby("probe").size().items()) if len(df) else "none"
+    if no_write or not is_run:
+        where = "not written (--no-write)" if no_write else "not written (not a run folder)"
+    else:
+        where = (f"written to {source}/probes-*.parquet; all of them: falstudy sql -r {source.parent.parent} "
+                 f"\"SELECT * FROM probes WHERE run_id = '{source.name}'\"")
+    typer.echo(f"rows per probe: {counts}; {where}")
+
+
+def _probe_source(run: str, results: Path | None) -> Path:
+    """A path as given, or a run id found under ``results`` (a group) or every group in ./results."""
+    path = Path(run)
+    if path.exists() and results is None:
+        return path
+    if "/" in run or run in ("", ".", ".."):
+        raise FalstudyError(f"{run}: no such run folder, checkpoint or model folder")
+    groups = [results] if results is not None else sorted(p for p in Path("results").glob("*") if p.is_dir())
+    if results is not None and not results.is_dir():
+        raise FalstudyError(f"{results}: no such results folder; pass results/<name> (a sweep or train --name)")
+    found = [g / "runs" / run for g in groups if (g / "runs" / run).is_dir()]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise FalstudyError(f"run {run} is in {len(found)} groups ({', '.join(str(f.parent.parent) for f in found)}); "
+                            "choose one with -r")
+    where = results or "any group under ./results"
+    raise FalstudyError(f"{run}: not a path, and no run with that id in {where}; pass a run folder or -r GROUP")
 
 
 @app.command()
@@ -273,17 +370,6 @@ from falstudy.parallel.cli import register as register_bench; register_bench(app
 from falstudy.report.cli import register as register_report; register_report(app)  # noqa: E402,E702
 
 
-def _usage_errors() -> tuple[type[BaseException], ...]:
-    """Click's usage errors, and typer's own copies of them (typer >= 0.20 vendors click)."""
-    import click
-
-    try:
-        from typer._click.exceptions import ClickException as TyperClickException
-    except ImportError:
-        return (click.ClickException,)
-    return (click.ClickException, TyperClickException)
-
-
 def _sql_text_args(args: list[str]) -> list[str]:
     """For `falstudy sql`: an argument that starts with "-" but has whitespace in its name part
     (a query starting with a `--` comment) is SQL, not an option; a leading space keeps click
@@ -294,24 +380,28 @@ def _sql_text_args(args: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import click
+    from falstudy.usage import INVOKED, is_help_screen, usage_error_types, usage_line
 
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     if debug:
         args.remove("--debug")
     args = _sql_text_args(args)
+    INVOKED[:] = args  # for resume hints
     try:
         code = app(args=args, prog_name="falstudy", standalone_mode=False)
     except FalstudyError as err:
         typer.echo(f"falstudy: error: {err}", err=True)
         sys.exit(2)
-    except click.exceptions.Exit as done:
+    except (typer.Exit, *_click_exits()) as done:
         sys.exit(done.exit_code)
-    except _usage_errors() as err:  # usage errors: exit 2, as click does
-        err.show()
-        sys.exit(err.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except usage_error_types() as err:  # click's or typer's: bad usage exits 2 with one line
+        if is_help_screen(err):
+            err.show()
+        else:
+            typer.echo(usage_line(err), err=True)
+        sys.exit(getattr(err, "exit_code", 2))
+    except (typer.Abort, *_click_aborts(), KeyboardInterrupt):
         typer.echo("falstudy: interrupted", err=True)
         sys.exit(130)
     except Exception as err:
@@ -320,6 +410,22 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"falstudy: internal error: {type(err).__name__}: {err} (rerun with --debug for the traceback)", err=True)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _click_exits() -> tuple[type[BaseException], ...]:
+    try:
+        import click
+    except ImportError:
+        return ()
+    return (click.exceptions.Exit,)
+
+
+def _click_aborts() -> tuple[type[BaseException], ...]:
+    try:
+        import click
+    except ImportError:
+        return ()
+    return (click.exceptions.Abort,)
 
 
 if __name__ == "__main__":

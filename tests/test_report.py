@@ -5,6 +5,7 @@ traceback). The fixture is built once per session (tests/fixture_store.py, ~10 s
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import math
@@ -13,8 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import markupsafe
 import pytest
 
+import falstudy
 from falstudy.errors import FalstudyError
 from falstudy.report import ANALYSES, BY_KEY, make_report
 from falstudy.report.variants import pareto_front
@@ -156,11 +159,28 @@ def test_report_writes_every_png_and_an_html_page_that_shows_them(stores, tmp_pa
     for analysis in ANALYSES:
         png = out / f"{analysis.key}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
-        assert f'<img src="{analysis.key}.png"' in page
+        # self-contained: the PNG itself, embedded
+        assert f'<img src="data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}"' in page
         assert html.escape(analysis.caption).split("`")[0][:60] in page
-        assert html.escape(analysis.title) in page
+        assert str(markupsafe.escape(analysis.title)) in page  # as Jinja2 escapes it
     assert page.count("<figure>") == len(KEYS) and "Not drawn" not in page
     assert "<table" in page and "val_loss_mean" in page  # the final-loss table
+    assert 'src="' not in page.replace('src="data:image/png;base64,', "")  # nothing linked by path
+    # the header says what the results are of
+    runs = falstudy.query(stores[0], "SELECT DISTINCT n_layer, n_embd, n_head, git_commit FROM runs")
+    row = runs.iloc[0]
+    assert f"model: {row.n_layer} layers x {row.n_embd} ({row.n_head} heads)" in page
+    assert f"code: git {row.git_commit[:10]}" in page and "steps: " in page and "seeds: " in page
+    assert "corpus: " in page
+
+
+def test_each_footnote_is_printed_once(full, tmp_path):
+    report = make_report(full.root, tmp_path / "r")
+    page = (tmp_path / "r" / "report.html").read_text()
+    notes = [n for a in ANALYSES if a.key in report.figures for n in getattr(a.make(full), "falstudy_notes", [])]
+    assert notes, "no figure of the fixture has a footnote"
+    for note in notes:  # drawn in the PNG; the caption does not repeat it
+        assert html.escape(note)[:40] not in page
 
 
 def test_a_store_missing_tables_gets_a_report_with_hints(stores, tmp_path):
@@ -291,3 +311,25 @@ def test_importance_without_a_journal_says_so(stores, tmp_path):
     fig = variants.pareto_figure(res)
     assert any("objective names unknown" in n for n in fig.falstudy_notes)
     assert json.loads(res.table("trials")["values_json"].dropna().iloc[0])
+
+
+def test_importance_is_not_drawn_for_a_single_searched_parameter(tmp_path):
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+    from optuna.storages.journal import JournalFileBackend
+
+    from falstudy.report import variants
+    from falstudy.store.readonly import MissingTable, Results
+    from falstudy.sweep.records import export_trials
+
+    group = tmp_path / "one"
+    group.mkdir()
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(group / "optuna.journal")))
+    study = optuna.create_study(study_name="one", storage=storage)
+    dists = {"variant": CategoricalDistribution(["baseline", "fal"])}
+    for i, (variant, loss) in enumerate([("baseline", 2.0), ("fal", 1.9), ("baseline", 2.1), ("fal", 1.8)]):
+        study.add_trial(optuna.trial.create_trial(params={"variant": variant}, distributions=dists, value=loss,
+                                                  user_attrs={"run_id": f"r{i}", "seed": i, "kind": "grid"}))
+    export_trials(study, group)
+    with pytest.raises(MissingTable, match="only variant was searched, so its importance is 1 by construction"):
+        variants.importance_data(Results(group))

@@ -333,3 +333,54 @@ def test_imports_stay_light():
     code = "import sys, falstudy.store; print(sorted(m for m in ('duckdb', 'pyarrow', 'pandas') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=os.environ)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+# --- a store other DuckDB versions can open ---------------------------------------------------
+
+OLD_DUCKDB = "duckdb==1.1.3"  # the oldest DuckDB 1.x a reader is tested with; `make setup` fetches it
+
+
+def _old_duckdb(tmp_path: Path) -> Path:
+    """The DuckDB 1.x wheel unpacked into a folder of its own (never installed into the venv)."""
+    import subprocess
+    import sys
+    import zipfile
+
+    cache = Path(os.environ.get("FALSTUDY_WHEEL_CACHE") or Path(__file__).resolve().parent.parent / ".cache" / "wheels")
+    wheels = sorted(cache.glob(f"duckdb-{OLD_DUCKDB.split('==')[1]}-*.whl"))
+    if not wheels:  # as `make setup` would
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                        "-d", str(cache), OLD_DUCKDB], check=False, timeout=600)
+        wheels = sorted(cache.glob(f"duckdb-{OLD_DUCKDB.split('==')[1]}-*.whl"))
+    assert wheels, f"no {OLD_DUCKDB} wheel in {cache} and pip could not fetch it; run `make setup`"
+    target = tmp_path / "duckdb1"
+    with zipfile.ZipFile(wheels[0]) as zf:
+        zf.extractall(target)
+    return target
+
+
+def test_the_store_is_written_in_a_format_duckdb_1_reads(tmp_path):
+    import struct
+    import subprocess
+    import sys
+
+    from falstudy.store.query import storage_version
+
+    _spool_run(tmp_path, "r1")
+    ingest(tmp_path)
+    assert storage_version(tmp_path) == "v1.0.0+"
+    with open(db_path(tmp_path), "rb") as fh:  # the main header: 8-byte checksum, "DUCK", version
+        head = fh.read(20)
+    assert head[8:12] == b"DUCK" and struct.unpack("<Q", head[12:20])[0] == 64
+
+    reader = _old_duckdb(tmp_path)
+    script = ("import duckdb, sys; con = duckdb.connect(sys.argv[1], read_only=True); "
+              "print(duckdb.__version__); "
+              "print(con.execute('SELECT run_id, step, value FROM metrics WHERE split = ? ORDER BY step', ['val']).fetchall())")
+    env = {**os.environ, "PYTHONPATH": str(reader)}
+    out = subprocess.run([sys.executable, "-c", script, str(db_path(tmp_path))], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    version, rows = out.stdout.splitlines()
+    assert version == "1.1.3"
+    assert rows == "[('r1', 10, 2.9), ('r1', 20, 2.8)]"

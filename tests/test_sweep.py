@@ -203,3 +203,28 @@ def test_torchrun_backend_trains_each_trial_tensor_parallel(corpus, tmp_path):
     # one layer, 5 steps: a baseline block all-reduces twice per forward, the fal source block too
     assert list(timings.itertuples(index=False, name=None)) == [
         ("baseline-s0", 0, 10), ("baseline-s0", 1, 10), ("fal-s0", 0, 10), ("fal-s0", 1, 10)]
+
+
+def test_ctrl_c_names_the_sweep_and_the_command_that_continues_it(corpus, tmp_path):
+    import shlex
+
+    spec = write_spec(tmp_path, corpus, seeds=[0, 1], search={"variant": ["fal"]},
+                      train={"steps": 100000, "checkpoint_interval": 50, "eval_interval": 50})
+    group = tmp_path / "results" / "s"
+    driver = subprocess.Popen([sys.executable, "-m", "falstudy.cli", "sweep", str(spec), "--quiet"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    deadline = time.time() + 90
+    while not list(group.glob("runs/*/checkpoint.pt")) and time.time() < deadline and driver.poll() is None:
+        time.sleep(0.05)
+    assert list(group.glob("runs/*/checkpoint.pt")), "no trial got going"
+    driver.send_signal(signal.SIGINT)
+    out, err = driver.communicate(timeout=120)
+    assert driver.returncode == 130, out + err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"falstudy: interrupted sweep s ({group}); completed trials are kept; continue it with: ")
+    assert shlex.split(line.split(" with: ", 1)[1]) == ["falstudy", "sweep", str(spec), "--quiet", "--resume"]
+    # the dashboard names the objective by its metric
+    from falstudy.sweep.study import make_storage
+
+    study = optuna.load_study(study_name="s", storage=make_storage(str(group / "optuna.journal")))
+    assert study.metric_names == ["val_loss"]

@@ -162,3 +162,31 @@ def test_cli_malformed_yaml_and_bad_sql(corpus, tmp_path):
     falstudy.train(config(corpus, tmp_path, steps=2, eval_interval=2), quiet=True)
     out = _cli("sql", "-r", str(tmp_path / "t"), "SELEC nonsense")
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_ctrl_c_names_the_run_and_the_command_that_resumes_it(corpus, tmp_path):
+    import shlex
+
+    args = ["train", "--variant", "fal", "--steps", "100000", "--data", str(corpus), "--name", "intr", "-q",
+            "--set", "model.n_layer=1", "--set", "model.n_embd=16", "--set", "model.n_head=2",
+            "--set", "model.block_size=16", "--set", "train.checkpoint_interval=5", "--set", "train.eval_interval=5",
+            "--set", f"results_dir={tmp_path}", "--no-resume"]
+    proc = subprocess.Popen([sys.executable, "-m", "falstudy.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    runs = tmp_path / "intr" / "runs"
+    deadline = time.time() + 90
+    while not list(runs.glob("*/checkpoint.pt")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert list(runs.glob("*/checkpoint.pt")), "the run never reached its first checkpoint"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    (line,) = err.strip().splitlines()
+    (run_id,) = [p.name for p in runs.iterdir()]
+    assert line.startswith(f"falstudy: interrupted run {run_id} ({runs / run_id}); resume it from its last checkpoint with: ")
+    command = shlex.split(line.split(" with: ", 1)[1])
+    assert command[:2] == ["falstudy", "train"] and "--no-resume" not in command
+    assert command[command.index("--run-id") + 1] == run_id
+    assert command[1:command.index("--run-id")] == [a for a in args if a != "--no-resume"]
+    status = falstudy.query(tmp_path / "intr", "SELECT status FROM runs").status.tolist()
+    assert status == ["killed"]

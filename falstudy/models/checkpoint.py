@@ -6,12 +6,12 @@ plain Python values. Written to a temp name and renamed, so a kill never leaves 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from falstudy.atomic import atomic_write
 from falstudy.config import ModelConfig, RunConfig, validate
 from falstudy.errors import FalstudyError
 from falstudy.models.gpt import GPT
@@ -23,10 +23,8 @@ def build_model(cfg: ModelConfig | RunConfig) -> GPT:
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as fh:
+        torch.save(state, fh)
     return path
 
 

@@ -1,8 +1,8 @@
 """Tensor-parallel step time of fal and parallel against baseline, measured side by side at TP=2,
 with the cost model's prediction next to each measurement, and its projection to GPT-2 shapes.
 
-    falstudy bench tp [--min-rounds 5 --max-rounds 30 --target 0.03 --steps 3] [--out results/bench]
-    python bench/tp_step.py [...]          # the same
+    falstudy bench tp [--min-rounds 5 --max-rounds 30 --target 0.03 --steps 3] [--out results/bench] [--shape comm-heavy]
+    python bench/tp_step.py [...]          # the same (options: falstudy/parallel/cli.py)
 
 Re-executes itself under torchrun with 2 ranks (refused on fewer than 2 cores). Two shapes:
 ``comm-heavy`` (small width and batch: all-reduce latency dominates) and ``compute-heavy``. For
@@ -25,7 +25,6 @@ PCIe 4 and NVLink presets) for notebooks.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 import torch.distributed as dist
 
 from falstudy import benchstats
+from falstudy.errors import FalstudyError
 from falstudy.benchstats import Rounds
 from falstudy.config import ModelConfig
 from falstudy.models import GPT
@@ -138,27 +138,21 @@ def mean(value: float, group) -> float:
     return float(t.item()) / dist.get_world_size(group)
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="falstudy bench tp", description="Step time of fal and parallel vs baseline at TP=2, measured and predicted side by side.")
-    ap.add_argument("--rounds", type=int, default=None, help="exactly this many rounds (sets --min-rounds and --max-rounds)")
-    ap.add_argument("--min-rounds", type=int, default=5)
-    ap.add_argument("--max-rounds", type=int, default=30)
-    ap.add_argument("--target", type=float, default=0.03,
-                    help="stop once every ratio's and error's 95%% interval is within +- this share of its median")
-    ap.add_argument("--steps", type=int, default=3, help="timed steps per model per round")
-    ap.add_argument("--out", default="results/bench")
-    ap.add_argument("--shapes", nargs="*", default=list(SHAPES), choices=list(SHAPES))
-    args = ap.parse_args(argv)
-    lo_r, hi_r = (args.rounds, args.rounds) if args.rounds else (args.min_rounds, args.max_rounds)
+def run(rounds: int | None = None, min_rounds: int = 5, max_rounds: int = 30, target: float = 0.03, steps: int = 3,
+        out: str | Path = "results/bench", shapes: list[str] | None = None) -> None:
+    """Time every wiring at each shape (``SHAPES`` keys; default all) until the intervals are within
+    ``target`` (or ``max_rounds``; ``rounds`` fixes the count), print the table, write Parquet."""
+    shapes = list(SHAPES) if not shapes else list(shapes)
+    lo_r, hi_r = (rounds, rounds) if rounds else (min_rounds, max_rounds)
     try:
-        rounds = Rounds(lo_r, hi_r, args.target)
+        schedule = Rounds(lo_r, hi_r, target)
     except ValueError as err:
-        ap.error(str(err))
+        raise FalstudyError(f"falstudy bench tp: {err}") from None
 
     maybe_relaunch(tp=TP)
     ctx = init_distributed(tp=TP, backend="gloo")  # the benchmark's tensors live on the CPU
     group = ctx.tp_group
-    cases = [Case(s, w, group) for s in args.shapes for w in WIRINGS]
+    cases = [Case(s, w, group) for s in shapes for w in WIRINGS]
     load_start = benchstats.load()
     t_start = time.perf_counter()
     fits: list[tuple[float, float]] = []
@@ -167,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         fits.append(costmodel.fit_allreduce(group, reps=10))
         for case in cases:
             for mode in ("tp", "compute"):
-                case.run(mode, args.steps, group)
+                case.run(mode, steps, group)
         # this round's figure per case and mode: the slower rank's (one collective for all)
         t = torch.tensor([c.times[m][-1] for c in cases for m in ("tp", "compute")], dtype=torch.float64)
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
@@ -176,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
             for m in ("tp", "compute"):
                 slow[(c.shape, c.wiring)][m].append(next(values))
         series = _series(cases, slow, fits)
-        stop = torch.tensor([1.0 if rounds.done(list(series.values())) else 0.0])
+        stop = torch.tensor([1.0 if schedule.done(list(series.values())) else 0.0])
         dist.broadcast(stop, src=0, group=group)  # rank 0 decides, so every rank stops together
         if stop.item():
             break
@@ -201,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
             "allreduce_fwd": case.counts.get("all_reduce_fwd", 0), "allreduce_bwd": case.counts.get("all_reduce_bwd", 0),
             "bytes_per_allreduce": pred.bytes_per_allreduce, "predicted_s": pred.total_s,
             "predicted_comm_s": pred.comm_s, "alpha_s": alpha, "beta_s_per_byte": beta,
-            "rounds": n_rounds, "steps_per_round": args.steps, "target": args.target,
+            "rounds": n_rounds, "steps_per_round": steps, "target": target,
             # the error is predicted / measured - 1; its interval is the ratio's, shifted
             "prediction_error_median": err.median - 1, "prediction_error_lo": err.lo - 1, "prediction_error_hi": err.hi - 1,
             "load_1m_start": load_start["load_1m"], "load_1m_end": load_end["load_1m"], "cores": int(load_end["cores"]),
@@ -209,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
         ratio = spreads.get(("ratio", case.shape, case.wiring))
         if ratio is not None:
             row.update({"ratio_median": ratio.median, "ratio_lo": ratio.lo, "ratio_hi": ratio.hi,
-                        "ratio_q1": ratio.q1, "ratio_q3": ratio.q3, "ratio_narrow": ratio.narrow(args.target)})
+                        "ratio_q1": ratio.q1, "ratio_q3": ratio.q3, "ratio_narrow": ratio.narrow(target)})
         rows.append(row)
     for r in rows:
         base = next(b for b in rows if b["shape"] == r["shape"] and b["wiring"] == "baseline")
@@ -220,10 +214,10 @@ def main(argv: list[str] | None = None) -> None:
     projection = costmodel.gpt2_projection()
 
     if ctx.is_main:
-        out = Path(args.out)
+        out = Path(out)
         write_rows(out / "tp_step.parquet", rows)
         write_rows(out / "tp_projection.parquet", projection)
-        print(f"\nTP={TP} on {TP} gloo ranks (1 thread each); {n_rounds} rounds x {args.steps} steps, "
+        print(f"\nTP={TP} on {TP} gloo ranks (1 thread each); {n_rounds} rounds x {steps} steps, "
               f"{time.perf_counter() - t_start:.0f}s; all-reduce fit: alpha={alpha * 1e6:.1f} us, "
               f"beta={beta * 1e9:.3f} ns/B ({1 / beta / 1e9:.2f} GB/s)")
         print(f"machine load (1 min) {load_start['load_1m']:.2f} at start, {load_end['load_1m']:.2f} at end, "
@@ -239,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{r['shape']:14s} {r['wiring']:9s} {r['allreduce_fwd']:>3d}+{r['allreduce_bwd']:<3d} "
                   f"{r['step_s'] * 1e3:9.2f} {100 * r['comm_share']:6.1f}% {r['compute_only_s'] * 1e3:9.2f} "
                   f"{r['predicted_s'] * 1e3:9.2f} {err:>20s} {meas:>24s} {r['ratio_predicted']:10.3f}")
-        print(rounds.verdict(list(spreads.values())))
+        print(schedule.verdict(list(spreads.values())))
         print("\nprojection (cost model; A100-class compute, bf16, vocab-parallel head, 8 x 1024 tokens per step):")
         print(f"{'shape':12s} {'preset':7s} {'tp':>3s} {'base comm %':>11s} {'fal/base':>9s} {'par/base':>9s}")
         for p in projection:
@@ -250,5 +244,5 @@ def main(argv: list[str] | None = None) -> None:
     shutdown()
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # torchrun's ranks re-enter through the CLI (bench/tp_step.py, falstudy bench tp)
+    raise SystemExit("run `falstudy bench tp` or `python bench/tp_step.py`")

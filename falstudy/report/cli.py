@@ -18,14 +18,16 @@ def register(app: typer.Typer) -> None:
         results: Annotated[Path, typer.Argument(help="a results group, e.g. results/bypass")],
         out: Annotated[Optional[Path], typer.Option(help="output folder (default: RESULTS/report)")] = None,
         bench: Annotated[Optional[Path], typer.Option(help="folder of benchmark Parquet files (default: $FALSTUDY_BENCH, RESULTS/bench or RESULTS/../bench)")] = None,
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="only the final line")] = False,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="only the final line (no progress on stderr)")] = False,
     ) -> None:
         """Write every analysis figure (PNG) and report.html; missing data gets a hint, not a traceback."""
         from falstudy.report import make_report
 
         if not results.is_dir():
             raise FalstudyError(f"{results}: no such results folder; pass results/<name> (a sweep or train --name)")
-        done = make_report(results, out, bench_dir=bench)
+        # one line per analysis on stderr while it works (the figures take tens of seconds)
+        progress = None if quiet else (lambda line: typer.echo(line, err=True))
+        done = make_report(results, out, bench_dir=bench, progress=progress)
         if not quiet:
             for key, hint in done.missing.items():
                 typer.echo(f"{key}: not drawn: {hint}")

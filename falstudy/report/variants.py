@@ -233,6 +233,11 @@ def importance_data(res: Results, study: str | None = None) -> "pandas.DataFrame
     complete = [t for t in loaded.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     if len(complete) < 2:
         raise MissingTable("parameter importance", f"{len(complete)} completed trial(s); importance needs at least 2")
+    searched = sorted({p for t in complete for p in t.params})
+    if len(searched) < 2:  # fANOVA's shares sum to 1: a lone parameter gets 1.0 whatever the data
+        raise MissingTable("a second searched parameter",
+                           f"only {', '.join(searched) or 'no parameter'} was searched, so its importance is 1 by "
+                           "construction; search two or more parameters (a `search:` with two keys) to rank them")
     rows = []
     for i, objective in enumerate(info.objectives):
         target = (lambda t, i=i: t.values[i]) if len(loaded.directions) > 1 else None
@@ -263,8 +268,6 @@ def importance_figure(res: Results, study: str | None = None) -> "Figure":
         ax.set_title(f"objective: {objective}")
     axes[0].set_ylabel("searched parameter")
     fig.suptitle("Optuna parameter importance")
-    if n_params == 1:
-        add_note(fig, "Only one parameter was searched, so its importance is 1 by definition.")
     return fig
 
 

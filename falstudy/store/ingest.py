@@ -7,7 +7,7 @@ and inode; every data row carries ``_file`` (its file, relative to the results g
 - a deleted file (the trainer drops metric chunks past a checkpoint when it resumes) has its
   rows removed.
 All of it happens in one transaction: a crash mid-ingest leaves the previous state. Ingesters
-serialise on an flock of ``falstudy.duckdb.lock``; a DB held by another process (a notebook)
+serialise on a file lock (``filelock``, an flock) of ``falstudy.duckdb.lock``; a DB held by another process (a notebook)
 is waited for briefly, then reported.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
@@ -33,26 +32,17 @@ _NULL = '"NULL"'  # DuckDB's type for an all-null Parquet column of unknown type
 
 @contextlib.contextmanager
 def _exclusive(lock_path: Path, timeout_s: float) -> Iterator[None]:
-    """Hold an exclusive flock on ``lock_path`` (released when the process dies, too)."""
-    import fcntl
+    """Hold an exclusive lock on ``lock_path`` (an flock: released when the process dies, too)."""
+    from filelock import FileLock, Timeout
 
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise FalstudyError(
-                        f"another ingest has held {lock_path} for {timeout_s:.0f}s; "
-                        f"wait for it (or end it) and rerun `falstudy ingest {lock_path.parent}`"
-                    ) from None
-                time.sleep(0.05)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
+        with FileLock(lock_path, timeout=timeout_s):
+            yield
+    except Timeout:
+        raise FalstudyError(
+            f"another ingest has held {lock_path} for {timeout_s:.0f}s; "
+            f"wait for it (or end it) and rerun `falstudy ingest {lock_path.parent}`"
+        ) from None
 
 
 class Ingested(dict):

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     import pandas
 
 DB_NAME = "falstudy.duckdb"
+# the storage format new stores are written in: DuckDB 2 writes its own by default, which no
+# DuckDB 1.x (the CLI most users have) can open; v1.0.0 is read by every DuckDB from 0.10 on
+STORAGE_VERSION = "v1.0.0"
 _SRC = "__falstudy_src"  # file-name column while reading Parquet; dropped again
 
 
@@ -41,9 +44,11 @@ def open_db(db: Path, *, read_only: bool, wait_s: float, rerun: str) -> "duckdb.
     import duckdb
 
     deadline = time.monotonic() + wait_s
+    # only a new file takes the setting; an existing one keeps the format it was written in
+    config = {} if read_only else {"storage_compatibility_version": STORAGE_VERSION}
     while True:
         try:
-            return duckdb.connect(str(db), read_only=read_only)
+            return duckdb.connect(str(db), read_only=read_only, config=config)
         except duckdb.Error as err:
             message = str(err)
             if not (isinstance(err, duckdb.IOException) and "lock" in message.lower()):
@@ -56,6 +61,16 @@ def open_db(db: Path, *, read_only: bool, wait_s: float, rerun: str) -> "duckdb.
                     f"close it and rerun `{rerun}`"
                 ) from None
             time.sleep(0.1)
+
+
+def storage_version(results_dir_or_db: str | Path) -> str:
+    """The storage format a store was written in, as DuckDB names it (e.g. ``v1.0.0+``)."""
+    con = connect_readonly(results_dir_or_db)
+    try:
+        (tags,) = con.execute("SELECT tags FROM duckdb_databases() WHERE database_name = current_database()").fetchone()
+    finally:
+        con.close()
+    return tags.get("storage_version", "unknown")
 
 
 def connect_readonly(results_dir_or_db: str | Path, *, wait_s: float = 10.0) -> "duckdb.DuckDBPyConnection":

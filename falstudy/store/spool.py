@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from falstudy.atomic import atomic_write
 from falstudy.errors import FalstudyError
 from falstudy.store.schema import FILE_COLUMN, TABLES, arrow_type, validate_rows
 
@@ -128,21 +128,15 @@ def write_parquet(path: str | Path, rows: Any, *, table: str | None = None) -> P
 
     path = Path(path)
     data = _to_arrow(rows, table or table_of(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # hidden and without the .parquet suffix, so neither scan() nor globs pick it up
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            pq.write_table(data, fh)
-            fh.flush()
-            os.fsync(fh.fileno())  # the rename must not land before the bytes
+
+    def commit(tmp: Path, final: Path) -> None:
         sha256 = manifest.digest(tmp)
-        with manifest.folder_lock(path.parent):  # the ingester checks file and manifest together
-            os.replace(tmp, path)
-            manifest.record(path, sha256)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        with manifest.folder_lock(final.parent):  # the ingester checks file and manifest together
+            os.replace(tmp, final)
+            manifest.record(final, sha256)
+
+    with atomic_write(path, commit=commit) as fh:
+        pq.write_table(data, fh)
     return path
 
 

@@ -8,6 +8,18 @@ from typing import Annotated, Optional
 import typer
 
 
+def interrupted_line(spec: Path, report) -> str:
+    """One line: which sweep stopped, and the command that continues it (its own options kept)."""
+    import shlex
+
+    from falstudy.usage import invoked_args
+
+    args = invoked_args() or ["sweep", str(spec)]
+    args += [] if "--resume" in args else ["--resume"]
+    what = f"sweep {report.name} ({report.group})" if report is not None else f"sweep {spec}"
+    return f"falstudy: interrupted {what}; completed trials are kept; continue it with: falstudy {shlex.join(args)}"
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def sweep(
@@ -32,9 +44,13 @@ def register(app: typer.Typer) -> None:
         if dry_run:
             plan(spec, workers=workers, storage=storage, results_dir=results_dir, echo=typer.echo)
             return
-        report = run_sweep(spec, workers=workers, storage=storage, resume=resume, retry_failed=retry_failed,
-                           results_dir=results_dir, quiet=quiet, echo=typer.echo)
-        if report.interrupted:
-            raise KeyboardInterrupt
+        try:
+            report = run_sweep(spec, workers=workers, storage=storage, resume=resume, retry_failed=retry_failed,
+                               results_dir=results_dir, quiet=quiet, echo=typer.echo)
+        except KeyboardInterrupt:  # before the workers started (after, the driver turns signals into a report)
+            report = None
+        if report is None or report.interrupted:
+            typer.echo(interrupted_line(spec, report), err=True)
+            raise typer.Exit(130)
         if not report.ok:
             raise typer.Exit(3)

@@ -293,8 +293,6 @@ def _run(spec: SweepSpec, spec_path: Path, url: str, group: Path, results_dir: s
     running = summary.running
     if running and (report.workers_failed or report.interrupted):
         echo(f"note: {len(running)} trial(s) left RUNNING; `falstudy sweep {spec_path} --resume` re-runs them")
-    if report.interrupted:
-        echo(f"interrupted: `falstudy sweep {spec_path} --resume` continues where it stopped")
     echo(f"results: falstudy sql -r {group} \"SELECT * FROM trials JOIN runs USING (run_id)\"; "
          f"dashboard: optuna-dashboard {url if not url.startswith('postgresql') else '<storage URL>'}")
     return report

@@ -7,7 +7,7 @@ Facts of Optuna 5 this module is built around (see /work/shared/LIBRARIES.md):
 - Journal storage (one host) has no heartbeat: each trial records host/pid (reap.py).
 
 Every change to the queue (enqueue, pop, sample a new trial) happens under a study-wide lock
-(an flock beside a journal file, a PostgreSQL advisory lock), so a grid is enqueued exactly once
+(a file lock beside a journal file, a PostgreSQL advisory lock), so a grid is enqueued exactly once
 however many ``falstudy sweep`` processes start at once, and ``n_trials`` is exact.
 
 User attributes of every trial (the contract between the modules of this package):
@@ -27,10 +27,8 @@ User attributes of every trial (the contract between the modules of this package
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
-import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -183,6 +181,8 @@ def open_study(spec: SweepSpec, url: str, *, create: bool = True) -> Opened:
         try:
             study = optuna.create_study(directions=spec.directions, **kwargs)
             study.set_user_attr(SPEC_ATTR, spec.fingerprint())
+            # optuna-dashboard then says "val_loss", not "Objective 0"
+            study.set_metric_names([o.metric for o in spec.objectives])
             created = True
         except optuna.exceptions.DuplicatedStudyError:  # another process won the race
             study = optuna.load_study(**kwargs)
@@ -233,21 +233,14 @@ def study_lock(study: "optuna.Study", url: str, timeout_s: float = 300.0) -> Ite
         with _pg_lock(study, url, timeout_s):
             yield
         return
+    from filelock import FileLock, Timeout
+
     path = Path(url).with_name(f".{Path(url).name}.sweep-lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise FalstudyError(f"{path} has been locked for {timeout_s:.0f}s by another sweep process") from None
-                time.sleep(0.02)
-        yield
-    finally:
-        os.close(fd)
+        with FileLock(path, timeout=timeout_s):
+            yield
+    except Timeout:
+        raise FalstudyError(f"{path} has been locked for {timeout_s:.0f}s by another sweep process") from None
 
 
 @contextlib.contextmanager

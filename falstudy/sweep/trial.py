@@ -31,10 +31,10 @@ from typing import Any
 
 def write_json(path: str | Path, data: Any) -> None:
     """Atomically (a reader never sees half a file)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, default=str))
-    os.replace(tmp, path)
+    from falstudy.atomic import atomic_write
+
+    with atomic_write(path, "w") as fh:
+        fh.write(json.dumps(data, default=str))
 
 
 def spool_metrics(run_dir: Path):

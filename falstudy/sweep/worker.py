@@ -10,7 +10,6 @@ told FAIL with retry=True, and --resume continues its run from the last checkpoi
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import json
@@ -22,7 +21,9 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
 
 from falstudy.errors import FalstudyError
 from falstudy.sweep import reap as R
@@ -306,30 +307,30 @@ def work(cfg: WorkerConfig, *, echo=None) -> int:
     return n
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m falstudy.sweep.worker", description=__doc__.splitlines()[0])
-    ap.add_argument("--spec", required=True)
-    ap.add_argument("--storage", default=None)
-    ap.add_argument("--results-dir", default=None)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--budget", action="store_true", help="threads per trial from the host budget")
-    ap.add_argument("--deadline", type=float, default=None)
-    args = ap.parse_args(argv)
+def main(
+    spec: Annotated[Path, typer.Option(help="the sweep spec YAML")],
+    storage: Annotated[Optional[str], typer.Option(help="journal file path or postgresql:// URL (default: the spec's)")] = None,
+    results_dir: Annotated[Optional[str], typer.Option(help="folder holding results/<name>/ (default: the spec's)")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="torch threads per trial")] = None,
+    budget: Annotated[bool, typer.Option("--budget", help="threads per trial from the host budget")] = False,
+    deadline: Annotated[Optional[float], typer.Option(help="Unix time after which no new trial starts")] = None,
+) -> None:
+    """One sweep worker: take trials of the study and run each in its own process until none is left."""
     stop = Stop()
     stop.install()
     try:
-        spec = load_spec(args.spec)
+        loaded = load_spec(spec)
         from falstudy.sweep.study import storage_url
 
-        url = storage_url(spec, args.storage, args.results_dir)
-        cfg = WorkerConfig(spec, url, results_group(spec, args.results_dir), args.results_dir or spec.results_dir,
-                           args.threads, args.deadline, stop, budget=args.budget)
+        url = storage_url(loaded, storage, results_dir)
+        cfg = WorkerConfig(loaded, url, results_group(loaded, results_dir), results_dir or loaded.results_dir,
+                           threads, deadline, stop, budget=budget)
         work(cfg, echo=lambda line: print(line, flush=True))
     except FalstudyError as err:
         print(f"falstudy: error: {err}", file=sys.stderr, flush=True)
-        return 2
-    return 128 + stop.signum if stop.signum else 0
+        raise typer.Exit(2) from None
+    raise typer.Exit(128 + stop.signum if stop.signum else 0)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    typer.run(main)
