@@ -195,6 +195,9 @@ def run_sweep(spec_path: str | Path, *, workers: int | None = None, storage: str
     spec = load_spec(spec_path, workers=workers)
     check_data(spec, str(spec_path))
     ranks, cores = spec.workers * spec.backend.nproc, cpu_count()
+    if spec.workers > 8 * cores:
+        raise FalstudyError(f"{spec_path}: workers {spec.workers} on a host with {cores} cores; give at most {8 * cores} "
+                            "(start more hosts on the same storage to go wider)")
     if spec.backend.nproc > 1 and ranks > cores:
         raise FalstudyError(f"{spec_path}: workers {spec.workers} x backend.nproc {spec.backend.nproc} = {ranks} ranks "
                             f"on this host, but it has {cores} cores; lower workers (--workers)")
