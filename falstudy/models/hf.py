@@ -190,7 +190,9 @@ def _read_state(path: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
             raise FalstudyError(f"{binf}: {binf.stat().st_size} bytes, too small for the {least // 2} parameters "
                                 "config.json implies (truncated, or the wrong config)")
         try:
-            state = torch.load(binf, map_location="cpu", weights_only=True)
+            from falstudy.models.checkpoint import torch_load
+
+            state = torch_load(binf)
         except pickle.UnpicklingError:
             raise FalstudyError(f"{binf}: holds Python objects beyond tensors, which weights_only loading refuses "
                                 "(a pickle can run code); convert it to model.safetensors from a trusted copy") from None
