@@ -5,7 +5,9 @@
 
 A worker exits when the queue is empty (grid), the budget is spent (n_trials), the deadline
 (timeout) has passed, or it is told to stop (SIGTERM/SIGINT: the running trial is interrupted,
-told FAIL with retry=True, and --resume continues its run from the last checkpoint).
+told FAIL with retry=True, and --resume continues its run from the last checkpoint). A trial
+killed by a signal from elsewhere (kill -9, the OOM killer, a dead torchrun rank) is retried the
+same way; one that diverged, crashed or ran past trial_timeout is final (--retry-failed).
 """
 
 from __future__ import annotations
@@ -168,7 +170,10 @@ def outcome(result: dict[str, Any] | None, returncode: int | None, log: Path, *,
         if timed_out is not None and not stopped:
             why += f" after trial_timeout of {timed_out:g}s"
         tail = _log_tail(log)
-        return Outcome("FAIL", error=f"{why}{': ' + tail if tail else ''}"[:2000], retry=stopped)
+        # killed from outside (kill -9, the OOM killer, its worker dying): nothing a re-run would
+        # repeat, so --resume re-runs it from its checkpoint; a trial_timeout stop is final
+        killed = returncode is not None and returncode < 0 and timed_out is None
+        return Outcome("FAIL", error=f"{why}{': ' + tail if tail else ''}"[:2000], retry=stopped or killed)
     status = result.get("status")
     if status == "completed":
         return Outcome("COMPLETE", values=result["values"], status=status, probe_error=result.get("probe_error"))
@@ -179,8 +184,8 @@ def outcome(result: dict[str, Any] | None, returncode: int | None, log: Path, *,
         return Outcome("FAIL", status=status, error=f"trial_timeout of {timed_out:g}s exceeded; stopped")
     if status == "killed" and not stopped:  # e.g. torchrun stopping rank 0 after another rank died
         tail = _log_tail(log)
-        why = "stopped by a signal the sweep did not send" + (f": {tail}" if tail else "")
-        return Outcome("FAIL", status=status, error=why[:2000])
+        why = "stopped by a signal the sweep did not send (--resume re-runs it)" + (f": {tail}" if tail else "")
+        return Outcome("FAIL", status=status, error=why[:2000], retry=True)
     # interrupted trials resume later; diverged and crashed ones would do it again
     return Outcome("FAIL", status=status, error=str(error)[:2000], retry=status == "killed")
 
