@@ -239,3 +239,35 @@ def test_a_trial_process_that_died_is_retried_unless_it_timed_out_or_exited(retu
 
     out = outcome(None, returncode, tmp_path / "none.log", stopped=False, timed_out=timed_out)
     assert out.state == "FAIL" and bool(out.retry) == retry
+
+
+TORCHRUN_SUMMARY = """[rank0]: KeyboardInterrupt
+======================================================
+falstudy/sweep/trial.py FAILED
+------------------------------------------------------
+Failures:
+[1]:
+  time      : 2025-12-01_21:48:56
+  host      : h
+  rank      : 0 (local_rank: 0)
+  exitcode  : -2 (pid: 23357)  (SIGINT)
+------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2025-12-01_21:48:56
+  host      : h
+  rank      : 1 (local_rank: 1)
+  exitcode  : {code} (pid: 23358)  ({what})
+======================================================
+"""
+
+
+@pytest.mark.parametrize("code, what, retry", [(-9, "SIGKILL", True), (1, "see the traceback", False)])
+def test_a_torchrun_trial_is_retried_when_a_rank_was_killed_not_when_one_raised(code, what, retry, tmp_path):
+    from falstudy.sweep.worker import outcome
+
+    log = tmp_path / "trial.log"
+    log.write_text(TORCHRUN_SUMMARY.format(code=code, what=what))
+    out = outcome(None, 1, log, stopped=False, timed_out=None)
+    assert out.state == "FAIL" and bool(out.retry) == retry
+    assert ("rank 1 by SIGKILL" in out.error) == retry
