@@ -117,7 +117,8 @@ def test_kill_9_of_one_torchrun_rank_mid_step_then_one_resume_completes_the_grid
     victim = catch_mid_run(tmp_path / "results" / "s", driver)
     ranks = _rank_pids(victim["trial_pid"])
     assert sorted(ranks) == [0, 1], ranks
-    os.kill(ranks[1], signal.SIGKILL)  # torchrun then stops rank 0, which flushes and ends as killed
+    # rank 0's collective then fails, or torchrun stops it: either way the trial is retryable
+    os.kill(ranks[1], signal.SIGKILL)
     out, _ = driver.communicate(timeout=300)
     assert driver.returncode == 3, out
     assert "incomplete: 1 of 1 grid cell(s)" in out and f"falstudy sweep {spec} --resume\n" in out

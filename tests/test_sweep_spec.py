@@ -271,3 +271,13 @@ def test_a_torchrun_trial_is_retried_when_a_rank_was_killed_not_when_one_raised(
     out = outcome(None, 1, log, stopped=False, timed_out=None)
     assert out.state == "FAIL" and bool(out.retry) == retry
     assert ("rank 1 by SIGKILL" in out.error) == retry
+
+
+def test_a_collective_failing_because_a_peer_died_counts_as_killed(monkeypatch):
+    from falstudy.sweep.trial import lost_peer
+
+    reset = RuntimeError("[gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:918: Connection reset by peer.")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert lost_peer(reset) and not lost_peer(RuntimeError("shape mismatch")) and not lost_peer(ValueError("gloo"))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert not lost_peer(reset)

@@ -213,7 +213,8 @@ def outcome(result: dict[str, Any] | None, returncode: int | None, log: Path, *,
         return Outcome("FAIL", status=status, error=f"trial_timeout of {timed_out:g}s exceeded; stopped")
     if status == "killed" and not stopped:  # e.g. torchrun stopping rank 0 after another rank died
         tail = _log_tail(log)
-        why = "stopped by a signal the sweep did not send (--resume re-runs it)" + (f": {tail}" if tail else "")
+        what = error if error and error.startswith("lost a peer rank") else "stopped by a signal the sweep did not send"
+        why = f"{what} (--resume re-runs it)" + (f": {tail}" if tail else "")
         return Outcome("FAIL", status=status, error=why[:2000], retry=True)
     # interrupted trials resume later; diverged and crashed ones would do it again
     return Outcome("FAIL", status=status, error=str(error)[:2000], retry=status == "killed")
