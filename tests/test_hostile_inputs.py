@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hostile_inputs import CASES, HF_CONFIG, Case, config, hf_dir, spec  # noqa: E402  (tests/ is on sys.path)
+from hostile_inputs import CASES, HF_CONFIG, HF_SHAPES, Case, config, hf_dir, spec  # noqa: E402  (tests/ is on sys.path)
 
 
 def tree(root: Path) -> dict[str, tuple]:
@@ -79,6 +79,16 @@ def test_the_unmutated_gpt2_folders_load(tmp_path):
         hf_dir(weights=weights)(tmp_path / weights)
         model, cfg = load_gpt2(tmp_path / weights)
         assert cfg.model.n_layer == HF_CONFIG["n_layer"] and cfg.model.vocab_size == HF_CONFIG["vocab_size"]
+
+    import math
+
+    from falstudy.models.hf import gpt2_param_count, gpt2_shapes
+
+    base = cfg.model
+    assert gpt2_shapes(base) == HF_SHAPES  # the table's hand-written layout is the loader's
+    for tied in (True, False):  # the size check counts what the shape check lists
+        model_cfg = base.model_copy(update={"tie_weights": tied})
+        assert gpt2_param_count(model_cfg) == sum(math.prod(s) for s in gpt2_shapes(model_cfg).values())
 
 
 def test_the_unmutated_spec_and_config_are_valid(corpus, tmp_path):

@@ -52,7 +52,6 @@ def store(spec: Path, sql: str, name: str = "s"):
 def test_four_workers_run_each_cell_of_a_12_cell_grid_exactly_once(corpus, tmp_path):
     spec = write_spec(tmp_path, corpus, workers=4, seeds=[0, 1, 2],
                       search={"variant": ["baseline", "parallel", "fal", "no_attn"]})
-    t0 = time.time()
     proc = sweep(spec)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     trials = trials_of(spec)
@@ -68,7 +67,6 @@ def test_four_workers_run_each_cell_of_a_12_cell_grid_exactly_once(corpus, tmp_p
     assert all(json.loads(v)[0] == pytest.approx(loss) for v, loss in zip(joined.values_json, joined.final_val_loss))
     assert [json.loads(p)["variant"] for p in joined.params_json] == list(joined.variant)
     assert joined.duration_s.gt(0).all() and joined.pid.notna().all()
-    assert time.time() - t0 < 120
 
     # a second sweep on the same spec joins the study: nothing is queued or run again
     again = sweep(spec)

@@ -126,6 +126,23 @@ def gpt2_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def gpt2_param_count(cfg: ModelConfig) -> int:
+    """Values in the tensors of ``gpt2_shapes(cfg)``, computed without listing them."""
+    d, inner = cfg.n_embd, int(cfg.mlp_ratio * cfg.n_embd)
+    per_layer = 4 * d + (3 * d * d + 3 * d) + (d * d + d) + (d * inner + inner) + (inner * d + d)
+    return (cfg.vocab_size + cfg.block_size) * d + 2 * d + cfg.n_layer * per_layer + \
+        (0 if cfg.tie_weights else cfg.vocab_size * d)
+
+
+def _check_size(file: Path, cfg: ModelConfig, least_bytes: int) -> None:
+    """A file smaller than the config's values at ``least_bytes`` each is truncated or belongs to
+    another config; checked first, so a config with huge sizes allocates nothing."""
+    n = gpt2_param_count(cfg)
+    if file.stat().st_size < n * least_bytes:
+        raise FalstudyError(f"{file}: {file.stat().st_size} bytes, too small for the {n} parameters config.json "
+                            "implies (truncated, or the wrong config)")
+
+
 def _check_shapes(found: dict[str, tuple[int, ...]], want: dict[str, tuple[int, ...]], where: Path) -> None:
     found = {k.removeprefix("transformer."): tuple(v) for k, v in found.items()}
     for name, shape in want.items():
@@ -172,23 +189,18 @@ def _safetensors_shapes(file: Path) -> dict[str, tuple[int, ...]]:
 def _read_state(path: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """The weights, refused before loading (safetensors) or before use (.bin) if they do not fit ``cfg``."""
     st, binf = path / "model.safetensors", path / "pytorch_model.bin"
-    want = gpt2_shapes(cfg)
     if st.is_file():
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        _check_shapes(_safetensors_shapes(st), want, st)
+        _check_size(st, cfg, 1)  # 8-bit floats are the smallest safetensors dtype
+        _check_shapes(_safetensors_shapes(st), gpt2_shapes(cfg), st)
         try:
             return load_file(str(st))
         except SafetensorError as err:
             raise FalstudyError(f"{st}: cannot be read ({str(err).splitlines()[0]})") from None
     if binf.is_file():
-        # a 16-bit file is the smallest the config's tensors can be: less is truncated (and the
-        # file's size bounds what is allocated below)
-        least = 2 * sum(math.prod(s) for s in want.values())
-        if binf.stat().st_size < least:
-            raise FalstudyError(f"{binf}: {binf.stat().st_size} bytes, too small for the {least // 2} parameters "
-                                "config.json implies (truncated, or the wrong config)")
+        _check_size(binf, cfg, 2)  # a torch file of 16-bit tensors is the smallest
         try:
             from falstudy.models.checkpoint import torch_load
 
@@ -201,7 +213,7 @@ def _read_state(path: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
                                 f"{str(err).splitlines()[0] if str(err) else ''})") from None
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise FalstudyError(f"{binf}: not a state dict of tensors")
-        _check_shapes({k: v.shape for k, v in state.items()}, want, binf)
+        _check_shapes({k: v.shape for k, v in state.items()}, gpt2_shapes(cfg), binf)
         return state
     raise FalstudyError(f"{path}: no model.safetensors or pytorch_model.bin (sharded checkpoints are not supported)")
 
