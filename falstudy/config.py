@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from falstudy.errors import FalstudyError
@@ -178,8 +177,17 @@ class RunConfig(_Strict):
             model = data.get("model") or {}
             if isinstance(model, BaseModel):
                 model = model.model_dump(exclude_unset=True)
+            if not isinstance(model, dict):
+                return data  # reported by pydantic: model must be a mapping
             data = {**data, "model": {**VARIANTS[data["variant"]], **model}}
         return data
+
+    @field_validator("name", "run_id")
+    @classmethod
+    def _path_name(cls, value: str | None) -> str | None:
+        from falstudy.names import check_name
+
+        return None if value is None else check_name(value, "")  # the message gets the field's path
 
     @field_validator("variant")
     @classmethod
@@ -247,37 +255,49 @@ def validate(cls: type[BaseModel], data: Any, source: str) -> Any:
 
 
 def load_yaml(path: str | Path) -> Any:
-    path = Path(path)
-    if path.is_dir():
-        found = sorted(p.name for p in path.glob("*.yaml"))[:3]
-        hint = f" (it holds {', '.join(found)}{', ...' if found else ''})" if found else ""
-        raise FalstudyError(f"{path}: is a folder, not a YAML file; pass a file such as {path / (found[0] if found else 'spec.yaml')}{hint}")
-    if not path.is_file():
-        raise FalstudyError(f"{path}: no such file")
-    try:
-        return yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise FalstudyError(f"{path}:{where} malformed YAML: {getattr(err, 'problem', err)}") from None
+    """A config or spec file through the one guarded loader (falstudy.yamlio); {} when empty."""
+    from falstudy.yamlio import load_file
+
+    data = load_file(path)
+    return {} if data is None else data
+
+
+def section_fields(dotted: str) -> list[str] | None:
+    """The fields of the RunConfig section at ``dotted`` (e.g. "model"), or None if it is not one."""
+    cls: Any = RunConfig
+    for key in dotted.split("."):
+        field = cls.model_fields.get(key) if isinstance(cls, type) and issubclass(cls, BaseModel) else None
+        if field is None:
+            return None
+        cls = field.annotation
+    return list(cls.model_fields) if isinstance(cls, type) and issubclass(cls, BaseModel) else None
 
 
 def set_dotted(data: dict, dotted: str, value: Any) -> None:
-    """``set_dotted(d, "model.wiring", "fal")`` — used for CLI overrides and sweep params."""
+    """``set_dotted(d, "model.wiring", "fal")`` — used for CLI overrides and sweep params.
+    A section (``model``, ``train``, ...) takes a mapping, never a scalar."""
     keys = dotted.split(".")
-    for k in keys[:-1]:
+    if not all(k.strip() for k in keys):
+        raise FalstudyError(f"cannot set {dotted!r}: give section.field (e.g. model.n_layer), no empty parts")
+    fields = section_fields(dotted)
+    if fields is not None and not isinstance(value, dict):
+        raise FalstudyError(f"cannot set {dotted}={value!r}: {dotted} is a section, not a value; set one of its "
+                            f"fields ({', '.join(fields)}), e.g. {dotted}.{fields[0]}=...")
+    for i, k in enumerate(keys[:-1]):
         data = data.setdefault(k, {})
         if not isinstance(data, dict):
-            raise FalstudyError(f"cannot set {dotted}: {k} is not a section")
+            raise FalstudyError(f"cannot set {dotted}: {'.'.join(keys[:i + 1])} is not a section")
     data[keys[-1]] = value
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``model.n_layer=4`` -> ("model.n_layer", 4); values are parsed as YAML scalars."""
+    """``model.n_layer=4`` -> ("model.n_layer", 4); values are parsed as YAML (the guarded loader)."""
+    from falstudy.yamlio import loads
+
     if "=" not in text:
         raise FalstudyError(f"override {text!r} must look like section.field=value (e.g. model.wiring=fal)")
     key, _, raw = text.partition("=")
-    return key.strip(), yaml.safe_load(raw)
+    return key.strip(), loads(raw, f"--set {key.strip()}")
 
 
 def load_run_config(path: str | Path | None = None, overrides: list[str] = (), **sections: Any) -> RunConfig:

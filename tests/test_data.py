@@ -275,7 +275,7 @@ def test_prepare_rejects_bad_arguments(tmp_path):
         prepare(corpus=folder, val_fraction=1.0, out_dir=tmp_path)
     with pytest.raises(FalstudyError, match="vocab_size=100 is too small"):
         prepare(corpus=folder, tokenizer="bpe", vocab_size=100, out_dir=tmp_path, quiet=True)
-    with pytest.raises(FalstudyError, match="plain folder name"):
+    with pytest.raises(FalstudyError, match="would leave its folder"):
         prepare(corpus=folder, name="../x", out_dir=tmp_path)
 
 

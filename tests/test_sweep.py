@@ -83,7 +83,10 @@ def test_diverging_and_crashing_trials_fail_with_their_error_and_the_sweep_goes_
                       search={"train.lr": [3e-3, 1e6], "train.seq_len": [8, 64]},
                       probes={"names": ["logit_lens"], "tokens": 64, "batch_size": 2})
     proc = sweep(spec)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # the grid lacks three cells: said, with the command that re-runs them, and exit code 3
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "incomplete: 3 of 4 grid cell(s) have no COMPLETE trial: " in proc.stdout
+    assert f"to finish the grid: falstudy sweep {spec} --resume --retry-failed" in proc.stdout
     by_run = {t.user_attrs["run_id"]: t for t in trials_of(spec)}
     assert len(by_run) == 4
     good = by_run["lr0.003-seq_len8-s0"]

@@ -219,15 +219,65 @@ def test_more_trial_ranks_than_cores_is_refused_before_anything_is_created(tmp_p
     assert not (tmp_path / "results").exists()
 
 
-@pytest.mark.parametrize("stopped, retry", [(True, True), (False, False)])
-def test_a_killed_trial_is_retried_only_when_the_sweep_stopped_it(stopped, retry, tmp_path):
-    """A trial the sweep interrupted resumes later; one killed by anything else (torchrun stopping
-    rank 0 because another rank died) fails with its log's last lines."""
+@pytest.mark.parametrize("stopped", [True, False])
+def test_a_killed_trial_is_retried_whoever_stopped_it(stopped, tmp_path):
+    """A trial the sweep interrupted resumes later; so does one killed by anything else (torchrun
+    stopping rank 0 because another rank died), with its log's last lines as the error."""
     from falstudy.sweep.worker import outcome
 
     log = tmp_path / "trial.log"
     log.write_text("rank 1 exited with signal SIGKILL\n")
     out = outcome({"status": "killed", "error": "interrupted (SIGTERM/SIGINT)"}, 0, log, stopped=stopped, timed_out=None)
-    assert out.state == "FAIL" and bool(out.retry) == retry
+    assert out.state == "FAIL" and out.retry
     if not stopped:
         assert "did not send" in out.error and "SIGKILL" in out.error
+
+
+@pytest.mark.parametrize("returncode, timed_out, retry", [(-9, None, True), (-9, 5.0, False), (1, None, False)])
+def test_a_trial_process_that_died_is_retried_unless_it_timed_out_or_exited(returncode, timed_out, retry, tmp_path):
+    from falstudy.sweep.worker import outcome
+
+    out = outcome(None, returncode, tmp_path / "none.log", stopped=False, timed_out=timed_out)
+    assert out.state == "FAIL" and bool(out.retry) == retry
+
+
+TORCHRUN_SUMMARY = """[rank0]: KeyboardInterrupt
+======================================================
+falstudy/sweep/trial.py FAILED
+------------------------------------------------------
+Failures:
+[1]:
+  time      : 2025-12-01_21:48:56
+  host      : h
+  rank      : 0 (local_rank: 0)
+  exitcode  : -2 (pid: 23357)  (SIGINT)
+------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2025-12-01_21:48:56
+  host      : h
+  rank      : 1 (local_rank: 1)
+  exitcode  : {code} (pid: 23358)  ({what})
+======================================================
+"""
+
+
+@pytest.mark.parametrize("code, what, retry", [(-9, "SIGKILL", True), (1, "see the traceback", False)])
+def test_a_torchrun_trial_is_retried_when_a_rank_was_killed_not_when_one_raised(code, what, retry, tmp_path):
+    from falstudy.sweep.worker import outcome
+
+    log = tmp_path / "trial.log"
+    log.write_text(TORCHRUN_SUMMARY.format(code=code, what=what))
+    out = outcome(None, 1, log, stopped=False, timed_out=None)
+    assert out.state == "FAIL" and bool(out.retry) == retry
+    assert ("rank 1 by SIGKILL" in out.error) == retry
+
+
+def test_a_collective_failing_because_a_peer_died_counts_as_killed(monkeypatch):
+    from falstudy.sweep.trial import lost_peer
+
+    reset = RuntimeError("[gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:918: Connection reset by peer.")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert lost_peer(reset) and not lost_peer(RuntimeError("shape mismatch")) and not lost_peer(ValueError("gloo"))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert not lost_peer(reset)

@@ -22,6 +22,7 @@ from falstudy.data.shards import SPLITS, load_meta, token_dtype, write_split
 from falstudy.data.sources import KNOWN_CORPORA, Document, load_corpus, sha256
 from falstudy.data.tokenizer import TOKENIZERS, BPETokenizer, ByteTokenizer, Tokenizer
 from falstudy.errors import FalstudyError
+from falstudy.names import check_name, safe_name
 
 FORMAT = 1  # of the prepared folder
 
@@ -29,7 +30,7 @@ FORMAT = 1  # of the prepared folder
 def default_name(corpus: str, tokenizer: str, vocab_size: int) -> str:
     """``shakespeare-byte``, ``shakespeare-bpe2048``, ``<folder or file stem>-gpt2``."""
     stem = corpus if corpus in KNOWN_CORPORA else Path(corpus).expanduser().resolve().stem
-    return f"{stem}-{tokenizer}" + (str(vocab_size) if tokenizer == "bpe" else "")
+    return safe_name(f"{stem}-{tokenizer}" + (str(vocab_size) if tokenizer == "bpe" else ""), "corpus")
 
 
 def split_documents(docs: list[Document], val_fraction: float, seed: int) -> tuple[list[Document], list[Document], str]:
@@ -180,9 +181,7 @@ def prepare(
         raise FalstudyError(f"unknown tokenizer {tokenizer!r}; use one of {', '.join(TOKENIZERS)}")
     if not 0 < val_fraction < 1:
         raise FalstudyError(f"val_fraction={val_fraction} must be between 0 and 1 (exclusive)")
-    name = name or default_name(corpus, tokenizer, vocab_size)
-    if not name or name.startswith(".") or "/" in name or "\\" in name:
-        raise FalstudyError(f"name {name!r} must be a plain folder name (no slashes, not starting with '.')")
+    name = check_name(name, "--name") if name is not None else default_name(corpus, tokenizer, vocab_size)
     out_dir = Path(out_dir)
     target = out_dir / name
     settings = _settings(corpus, tokenizer, vocab_size, val_fraction, seed)

@@ -6,6 +6,7 @@ plain Python values. Written to a temp name and renamed, so a kill never leaves 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,14 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return path
 
 
+def torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load`` with ``weights_only=True`` and torch's warnings about odd files silenced
+    (a corrupt file is reported by the caller, in one line)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():  # a run folder
@@ -35,7 +44,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise FalstudyError(f"checkpoint {path} not found (train a run first, or pass a run folder)")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch_load(path, map_location)
     except Exception as err:  # truncated, not a torch file, or holds arbitrary pickles
         raise FalstudyError(
             f"checkpoint {path} is corrupt or not a falstudy checkpoint ({type(err).__name__}); "

@@ -14,13 +14,16 @@ FAL's substitute norms and gates, which GPT-2 lacks, keep their initial values).
 from __future__ import annotations
 
 import json
+import math
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from falstudy.config import ModelConfig, RunConfig
+from falstudy.config import ModelConfig, RunConfig, validate
 from falstudy.errors import FalstudyError
+from falstudy.names import safe_name
 
 # activations our MLP computes exactly (gelu with the tanh approximation)
 _GELU_TANH = {"gelu_new", "gelu_pytorch_tanh", "gelu_fast"}
@@ -29,6 +32,49 @@ _GELU_TANH = {"gelu_new", "gelu_pytorch_tanh", "gelu_fast"}
 def is_hf_dir(path: str | Path) -> bool:
     path = Path(path)
     return path.is_dir() and (path / "config.json").is_file() and not (path / "checkpoint.pt").exists()
+
+
+MAX_CONFIG_BYTES = 1 << 20
+MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit
+_REQUIRED_INTS = ("vocab_size", "n_layer", "n_head", "n_embd")
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+                "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def read_hf_config(path: Path) -> dict[str, Any]:
+    """config.json as a dict whose size fields are positive integers (checked before anything is built)."""
+    where = path / "config.json"
+    if where.stat().st_size > MAX_CONFIG_BYTES:
+        raise FalstudyError(f"{where}: {where.stat().st_size} bytes is not a model config (over 1 MiB)")
+    try:
+        hf = json.loads(where.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise FalstudyError(f"{where}: not UTF-8 text (offset {err.start}: {err.reason})") from None
+    except json.JSONDecodeError as err:
+        raise FalstudyError(f"{where}: malformed JSON ({err.msg}, line {err.lineno})") from None
+    except RecursionError:
+        raise FalstudyError(f"{where}: JSON nested too deeply to be a model config") from None
+    if not isinstance(hf, dict):
+        raise FalstudyError(f"{where}: expected a JSON object of GPT-2 settings, got {type(hf).__name__}")
+    if hf.get("model_type") != "gpt2":
+        raise FalstudyError(f"{where}: model_type is {hf.get('model_type')!r}; only GPT-2 checkpoints load here")
+    for key in _REQUIRED_INTS:
+        if key not in hf:
+            raise FalstudyError(f"{where}: no {key}; a GPT-2 config.json has {', '.join(_REQUIRED_INTS)}")
+    for key in (*_REQUIRED_INTS, "n_positions", "n_inner"):
+        value = hf.get(key)
+        if (value is not None or key in _REQUIRED_INTS) and not _positive_int(value):
+            raise FalstudyError(f"{where}: {key} must be a positive integer, got {value!r}")
+    eps = hf.get("layer_norm_epsilon", 1e-5)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+        raise FalstudyError(f"{where}: layer_norm_epsilon must be a small positive number, got {eps!r}")
+    if not isinstance(hf.get("tie_word_embeddings", True), bool):
+        raise FalstudyError(f"{where}: tie_word_embeddings must be true or false")
+    return hf
 
 
 def gpt2_model_config(hf: dict[str, Any], **overrides: Any) -> ModelConfig:
@@ -47,7 +93,7 @@ def gpt2_model_config(hf: dict[str, Any], **overrides: Any) -> ModelConfig:
     n_embd = hf["n_embd"]
     fields = dict(
         vocab_size=hf["vocab_size"],
-        block_size=hf.get("n_positions", 1024),
+        block_size=hf.get("n_positions") or 1024,
         n_layer=hf["n_layer"],
         n_head=hf["n_head"],
         n_embd=n_embd,
@@ -60,17 +106,115 @@ def gpt2_model_config(hf: dict[str, Any], **overrides: Any) -> ModelConfig:
         tie_weights=hf.get("tie_word_embeddings", True),
         wiring="baseline",
     )
-    return ModelConfig(**{**fields, **overrides})
+    return validate(ModelConfig, {**fields, **overrides}, where)
 
 
-def _read_state(path: Path) -> dict[str, torch.Tensor]:
+def gpt2_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The GPT-2 tensors (names without ``transformer.``) and shapes that ``cfg`` implies."""
+    d, inner = cfg.n_embd, int(cfg.mlp_ratio * cfg.n_embd)
+    shapes: dict[str, tuple[int, ...]] = {"wte.weight": (cfg.vocab_size, d), "wpe.weight": (cfg.block_size, d),
+                                          "ln_f.weight": (d,), "ln_f.bias": (d,)}
+    for i in range(cfg.n_layer):
+        h = f"h.{i}."
+        shapes.update({f"{h}ln_1.weight": (d,), f"{h}ln_1.bias": (d,), f"{h}ln_2.weight": (d,), f"{h}ln_2.bias": (d,),
+                       f"{h}attn.c_attn.weight": (d, 3 * d), f"{h}attn.c_attn.bias": (3 * d,),
+                       f"{h}attn.c_proj.weight": (d, d), f"{h}attn.c_proj.bias": (d,),
+                       f"{h}mlp.c_fc.weight": (d, inner), f"{h}mlp.c_fc.bias": (inner,),
+                       f"{h}mlp.c_proj.weight": (inner, d), f"{h}mlp.c_proj.bias": (d,)})
+    if not cfg.tie_weights:
+        shapes["lm_head.weight"] = (cfg.vocab_size, d)
+    return shapes
+
+
+def gpt2_param_count(cfg: ModelConfig) -> int:
+    """Values in the tensors of ``gpt2_shapes(cfg)``, computed without listing them."""
+    d, inner = cfg.n_embd, int(cfg.mlp_ratio * cfg.n_embd)
+    per_layer = 4 * d + (3 * d * d + 3 * d) + (d * d + d) + (d * inner + inner) + (inner * d + d)
+    return (cfg.vocab_size + cfg.block_size) * d + 2 * d + cfg.n_layer * per_layer + \
+        (0 if cfg.tie_weights else cfg.vocab_size * d)
+
+
+def _check_size(file: Path, cfg: ModelConfig, least_bytes: int) -> None:
+    """A file smaller than the config's values at ``least_bytes`` each is truncated or belongs to
+    another config; checked first, so a config with huge sizes allocates nothing."""
+    n = gpt2_param_count(cfg)
+    if file.stat().st_size < n * least_bytes:
+        raise FalstudyError(f"{file}: {file.stat().st_size} bytes, too small for the {n} parameters config.json "
+                            "implies (truncated, or the wrong config)")
+
+
+def _check_shapes(found: dict[str, tuple[int, ...]], want: dict[str, tuple[int, ...]], where: Path) -> None:
+    found = {k.removeprefix("transformer."): tuple(v) for k, v in found.items()}
+    for name, shape in want.items():
+        if name not in found:
+            raise FalstudyError(f"{where}: no tensor {name!r}, which config.json implies (n_layer, tie_word_embeddings)")
+        if found[name] != shape:
+            raise FalstudyError(f"{where}: {name} is {found[name]} but config.json implies {shape}")
+
+
+def _safetensors_shapes(file: Path) -> dict[str, tuple[int, ...]]:
+    """Shapes from a safetensors header, after checking it against the file's size (no tensor is read)."""
+    size = file.stat().st_size
+    with open(file, "rb") as fh:
+        head = fh.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 2 or n > min(MAX_HEADER_BYTES, size - 8):
+            raise FalstudyError(f"{file}: not a safetensors file, or truncated (header length {n}, file {size} bytes)")
+        try:
+            header = json.loads(fh.read(n).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            raise FalstudyError(f"{file}: the safetensors header is not valid JSON (corrupt file)") from None
+    if not isinstance(header, dict):
+        raise FalstudyError(f"{file}: the safetensors header is not a JSON object (corrupt file)")
+    shapes, end = {}, 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, stop) = entry["dtype"], entry["shape"], entry["data_offsets"]
+            count = math.prod(shape) * _DTYPE_BYTES[dtype]
+            ok = all(_positive_int(x) or x == 0 for x in (*shape, begin, stop)) and stop - begin == count
+        except (TypeError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            raise FalstudyError(f"{file}: the safetensors entry for {name!r} is malformed (dtype, shape, data_offsets)")
+        shapes[name], end = tuple(shape), max(end, stop)
+    data = size - 8 - n
+    if data != end:
+        what = "truncated" if data < end else f"{data - end} bytes longer than its header says"
+        raise FalstudyError(f"{file}: {what} (header: {end} data bytes, file: {data}); re-save it")
+    return shapes
+
+
+def _read_state(path: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """The weights, refused before loading (safetensors) or before use (.bin) if they do not fit ``cfg``."""
     st, binf = path / "model.safetensors", path / "pytorch_model.bin"
     if st.is_file():
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(st))
+        _check_size(st, cfg, 1)  # 8-bit floats are the smallest safetensors dtype
+        _check_shapes(_safetensors_shapes(st), gpt2_shapes(cfg), st)
+        try:
+            return load_file(str(st))
+        except SafetensorError as err:
+            raise FalstudyError(f"{st}: cannot be read ({str(err).splitlines()[0]})") from None
     if binf.is_file():
-        return torch.load(binf, map_location="cpu", weights_only=True)
+        _check_size(binf, cfg, 2)  # a torch file of 16-bit tensors is the smallest
+        try:
+            from falstudy.models.checkpoint import torch_load
+
+            state = torch_load(binf)
+        except pickle.UnpicklingError:
+            raise FalstudyError(f"{binf}: holds Python objects beyond tensors, which weights_only loading refuses "
+                                "(a pickle can run code); convert it to model.safetensors from a trusted copy") from None
+        except Exception as err:  # truncated zip, not a torch file
+            raise FalstudyError(f"{binf}: corrupt or not a PyTorch file ({type(err).__name__}: "
+                                f"{str(err).splitlines()[0] if str(err) else ''})") from None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise FalstudyError(f"{binf}: not a state dict of tensors")
+        _check_shapes({k: v.shape for k, v in state.items()}, gpt2_shapes(cfg), binf)
+        return state
     raise FalstudyError(f"{path}: no model.safetensors or pytorch_model.bin (sharded checkpoints are not supported)")
 
 
@@ -110,20 +254,16 @@ def load_gpt2(path: str | Path, *, wiring: str = "baseline", device: str | torch
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FalstudyError(f"{path}: not a Hugging Face model directory (no config.json)")
+    hf = read_hf_config(path)
+    # GPT-2 has two norms per block: a parallel-form wiring keeps both (MLP reads ln_2(x))
+    extra = {} if wiring == "baseline" else {"shared_ln": False}
+    cfg = gpt2_model_config(hf, wiring=wiring, **extra)
+    sd = _read_state(path, cfg)  # checked against the config before the model is allocated
     try:
-        hf = json.loads((path / "config.json").read_text())
-    except json.JSONDecodeError as err:
-        raise FalstudyError(f"{path / 'config.json'}: malformed JSON ({err.msg}, line {err.lineno})") from None
-    try:  # GPT-2 has two norms per block: a parallel-form wiring keeps both (MLP reads ln_2(x))
-        extra = {} if wiring == "baseline" else {"shared_ln": False}
-        cfg = gpt2_model_config(hf, wiring=wiring, **extra)
-    except (KeyError, ValueError) as err:
-        raise FalstudyError(f"{path / 'config.json'}: cannot build a GPT from it: {err}") from None
-    model = GPT(cfg)
-    try:
-        state = convert_gpt2_state(_read_state(path), cfg)
+        state = convert_gpt2_state(sd, cfg)
     except KeyError as err:
         raise FalstudyError(f"{path}: weights lack {err.args[0]!r} that config.json implies") from None
+    model = GPT(cfg)
     own = model.state_dict()
     bad = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
     if bad:
@@ -137,5 +277,5 @@ def load_gpt2(path: str | Path, *, wiring: str = "baseline", device: str | torch
     for m in model.modules():
         if isinstance(m, torch.nn.LayerNorm):
             m.eps = eps
-    run = RunConfig(name="hf", run_id=f"hf-{path.resolve().name}", model=cfg, tags={"hf_path": str(path)})
+    run = RunConfig(name="hf", run_id=safe_name(f"hf-{path.resolve().name}"), model=cfg, tags={"hf_path": str(path)})
     return model.to(device).eval(), run

@@ -40,10 +40,12 @@ class SweepReport:
     workers_failed: list[str] = field(default_factory=list)  # why each failed worker ended
     interrupted: bool = False
     wall_s: float = 0.0
+    incomplete: list[str] = field(default_factory=list)  # grid cells (run ids) with no finished trial
+    finish_command: str | None = None  # the command that runs them
 
     @property
     def ok(self) -> bool:
-        return not self.workers_failed and not self.interrupted
+        return not self.workers_failed and not self.interrupted and not self.incomplete
 
 
 def cpu_count() -> int:
@@ -203,6 +205,9 @@ def run_sweep(spec_path: str | Path, *, workers: int | None = None, storage: str
     spec = load_spec(spec_path, workers=workers)
     check_data(spec, str(spec_path))
     ranks, cores = spec.workers * spec.backend.nproc, cpu_count()
+    if spec.workers > 8 * cores:
+        raise FalstudyError(f"{spec_path}: workers {spec.workers} on a host with {cores} cores; give at most {8 * cores} "
+                            "(start more hosts on the same storage to go wider)")
     if spec.backend.nproc > 1 and ranks > cores:
         raise FalstudyError(f"{spec_path}: workers {spec.workers} x backend.nproc {spec.backend.nproc} = {ranks} ranks "
                             f"on this host, but it has {cores} cores; lower workers (--workers)")
@@ -293,9 +298,55 @@ def _run(spec: SweepSpec, spec_path: Path, url: str, group: Path, results_dir: s
     running = summary.running
     if running and (report.workers_failed or report.interrupted):
         echo(f"note: {len(running)} trial(s) left RUNNING; `falstudy sweep {spec_path} --resume` re-runs them")
+    if spec.is_grid and not (spec.timeout and time.time() > deadline):
+        _report_incomplete(report, study, spec, spec_path, storage, results_dir, echo)
     echo(f"results: falstudy sql -r {group} \"SELECT * FROM trials JOIN runs USING (run_id)\"; "
          f"dashboard: optuna-dashboard {url if not url.startswith('postgresql') else '<storage URL>'}")
     return report
+
+
+FINISHED = ("COMPLETE", "PRUNED")
+
+
+def incomplete_cells(study, spec: SweepSpec) -> dict[str, tuple[str, str | None, bool]]:
+    """run_id -> (state, error, retryable) of every grid cell with no COMPLETE or PRUNED trial."""
+    from falstudy.sweep.reap import STALE_AFTER_S, host_name, why_dead
+    from falstudy.sweep.study import by_run_id, retryable
+
+    groups, host, now = by_run_id(study), host_name(), time.time()
+    out = {}
+    for cell in cells(spec):
+        trials = groups.get(cell.run_id, [])
+        if any(t.state.name in FINISHED for t in trials):
+            continue
+        last = max(trials, key=lambda t: t.number, default=None)
+        if last is not None and last.state.name == "RUNNING" and \
+                not why_dead(last, host=host, now=now, stale_after_s=STALE_AFTER_S):
+            continue  # another sweep process (or host) is running it
+        state = last.state.name if last else "no trial"
+        out[cell.run_id] = (state, last.user_attrs.get("error") if last else None,
+                            last is None or state != "FAIL" or retryable(last))
+    return out
+
+
+def _report_incomplete(report: SweepReport, study, spec: SweepSpec, spec_path: Path, storage: str | None,
+                       results_dir: str | None, echo: Echo) -> None:
+    """A grid is done when every cell has a finished trial: say which are not, and how to finish them."""
+    import shlex
+
+    missing = incomplete_cells(study, spec)
+    if not missing:
+        return
+    final = [run_id for run_id, (_, _, retry) in missing.items() if not retry]
+    cmd = ["falstudy", "sweep", str(spec_path), "--resume", *(["--retry-failed"] if final else []),
+           *(["--storage", storage] if storage else []), *(["--results-dir", str(results_dir)] if results_dir else [])]
+    report.incomplete, report.finish_command = list(missing), shlex.join(cmd)
+    shown = [f"{run_id} ({state}{': ' + error.splitlines()[0][:120] if error else ''})"
+             for run_id, (state, error, _) in list(missing.items())[:10]]
+    more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+    echo(f"incomplete: {len(missing)} of {len(cells(spec))} grid cell(s) have no COMPLETE trial: {'; '.join(shown)}{more}")
+    why = f" ({len(final)} failed on their own: re-running may fail the same way)" if final else ""
+    echo(f"to finish the grid: {report.finish_command}{why}")
 
 
 class _Worker(subprocess.Popen):

@@ -33,6 +33,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from falstudy.errors import FalstudyError
+from falstudy.names import BadName, check_name
 
 # what a trial can report to Optuna, and which way is better by default
 METRICS: dict[str, str] = {
@@ -44,7 +45,7 @@ METRICS: dict[str, str] = {
 }
 SAMPLERS = ("grid", "tpe", "nsga2", "random")
 PRUNERS = ("none", "median", "hyperband")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+MAX_CELLS = 10_000  # a grid larger than this is a typo, not a study (and slow to check)
 # set by the sweep for every trial; a spec must not set them under run:
 SWEEP_OWNED = ("name", "run_id", "results_dir", "seed", "parallel")
 
@@ -150,7 +151,11 @@ class SweepSpec(_Strict):
     @field_validator("seeds", mode="before")
     @classmethod
     def _seeds(cls, value: Any) -> Any:
-        return list(range(value)) if isinstance(value, int) and not isinstance(value, bool) and value > 0 else value
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            if value > MAX_CELLS:
+                raise ValueError(f"{value} seeds is over the {MAX_CELLS} runs a sweep may queue")
+            return list(range(value))
+        return value
 
     @field_validator("probes", mode="before")
     @classmethod
@@ -249,6 +254,15 @@ def grid_values(name: str, p: Param) -> list[Any]:
     return [round(p.low + i * p.step, 12) for i in range(n)]
 
 
+def grid_count(p: Param) -> int:
+    """How many values ``grid_values`` gives, without making them (a range can be huge)."""
+    if p.choices is not None:
+        return len(p.choices)
+    if p.type == "int" or (p.type is None and _int_like(p)):
+        return max(0, (int(p.high) - int(p.low)) // int(p.step or 1) + 1)
+    return max(0, int(math.floor((p.high - p.low) / p.step + 1e-9)) + 1)
+
+
 def _int_like(p: Param) -> bool:
     return all(v is None or float(v).is_integer() for v in (p.low, p.high, p.step)) and not p.log
 
@@ -345,8 +359,10 @@ def check(spec: SweepSpec) -> None:
     """Whole-spec checks; raises SpecError(yaml_path, message)."""
     from falstudy.config import RunConfig
 
-    if not NAME_RE.match(spec.name):
-        raise SpecError("name", f"{spec.name!r} must be letters, digits, _ . - (it names results/<name>/)")
+    try:
+        check_name(spec.name, "")
+    except BadName as err:
+        raise SpecError("name", f"{err} (it names results/<name>/)") from None
     for key in SWEEP_OWNED:
         if key in spec.run:
             what = "seeds:" if key == "seed" else "the spec's name:" if key == "name" else \
@@ -388,6 +404,10 @@ def check(spec: SweepSpec) -> None:
     for name, p in spec.search.items():
         _check_param(spec, name, p)
     if spec.is_grid:
+        n_cells = math.prod(grid_count(p) for p in spec.search.values()) * len(spec.seeds)
+        if n_cells > MAX_CELLS:
+            raise SpecError("search", f"the grid has {n_cells} cells (values multiplied, times seeds), over {MAX_CELLS}; "
+                            "search fewer values, or use sampler: tpe or random with n_trials")
         for cell in cells(spec):
             _check_config(spec, cell.params, "search")
 
@@ -406,6 +426,8 @@ def _check_config(spec: SweepSpec, params: dict[str, Any], at: str) -> None:
 
     try:
         RunConfig.model_validate(run_config_data(spec, params, spec.seeds[0], None))
+    except FalstudyError as err:  # set_dotted: a value where the run config has a section
+        raise SpecError(at, str(err)) from None
     except ValidationError as err:
         path, message = _path_message(err)
         keys = spec.param_keys
@@ -420,7 +442,7 @@ def _check_config(spec: SweepSpec, params: dict[str, Any], at: str) -> None:
 
 
 def _check_param(spec: SweepSpec, name: str, p: Param) -> None:
-    from falstudy.config import RunConfig
+    from falstudy.config import RunConfig, section_fields
 
     at = f"search.{name}"
     key = resolve_key(name)
@@ -437,6 +459,8 @@ def _check_param(spec: SweepSpec, name: str, p: Param) -> None:
                       and field in model_fields[section].annotation.model_fields))
     if not known or field.count("."):
         raise SpecError(at, "not a run config field; use a dotted path such as model.n_layer or train.lr")
+    if section_fields(key) is not None:
+        raise SpecError(at, f"{key} is a section; search one of its fields, e.g. {key}.{section_fields(key)[0]}")
     if sum(resolve_key(n) == key for n in spec.search) > 1:
         raise SpecError(at, f"{key} is searched twice (under two names)")
 
@@ -474,8 +498,11 @@ def _check_param(spec: SweepSpec, name: str, p: Param) -> None:
             raise SpecError(f"{at}.log", "a grid cannot enumerate a log range; list the values instead")
         if kind == "float" and p.step is None:
             raise SpecError(f"{at}.step", "a grid needs a list of values or a step (a float range is continuous)")
-        if not grid_values(name, p):
+        n = grid_count(p)
+        if not n:
             raise SpecError(at, "no values (an empty grid dimension)")
+        if n > MAX_CELLS:
+            raise SpecError(at, f"{n} values, over the {MAX_CELLS} cells a grid may have; use a larger step")
         return
     for v in (p.low, p.high):  # both ends must make a valid run
         _check_config(spec, {name: int(v) if kind == "int" else v}, at)

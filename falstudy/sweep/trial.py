@@ -112,6 +112,19 @@ def _pruning_callback(payload: dict[str, Any]):
     return on_eval
 
 
+def lost_peer(err: BaseException) -> bool:
+    """Under torchrun: did a collective fail because another rank went away?"""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not isinstance(err, RuntimeError):
+        return False
+    import torch.distributed as dist
+
+    if isinstance(err, (getattr(dist, "DistNetworkError", ()), getattr(dist, "DistBackendError", ()))):
+        return True
+    text = str(err)
+    return any(k in text for k in ("gloo", "NCCL", "nccl")) and \
+        any(k in text for k in ("Connection reset", "Connection closed", "closed by peer", "Broken pipe", "timed out"))
+
+
 def run(payload: dict[str, Any]) -> dict[str, Any]:
     from falstudy.errors import FalstudyError
     from falstudy.train import as_run_config
@@ -134,6 +147,11 @@ def run(payload: dict[str, Any]) -> dict[str, Any]:
             return {**out, "status": "killed", "error": "interrupted (SIGTERM/SIGINT)"}
         except FalstudyError as err:
             return {**out, "status": "failed", "error": str(err)}
+        except Exception as err:
+            if not lost_peer(err):
+                raise
+            # another rank died (killed, OOM): this one's collective failed; --resume re-runs it
+            return {**out, "status": "killed", "error": f"lost a peer rank: {str(err).splitlines()[0][:300]}"}
         status = result.status
         error = (run_row(run_dir) or {}).get("error") if status not in ("completed", "pruned") else None
     if rank() != 0:  # rank 0 reports for the trial

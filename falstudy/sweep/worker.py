@@ -5,7 +5,9 @@
 
 A worker exits when the queue is empty (grid), the budget is spent (n_trials), the deadline
 (timeout) has passed, or it is told to stop (SIGTERM/SIGINT: the running trial is interrupted,
-told FAIL with retry=True, and --resume continues its run from the last checkpoint).
+told FAIL with retry=True, and --resume continues its run from the last checkpoint). A trial
+killed by a signal from elsewhere (kill -9, the OOM killer, a dead torchrun rank) is retried the
+same way; one that diverged, crashed or ran past trial_timeout is final (--retry-failed).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import ctypes
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -168,6 +171,31 @@ def _log_tail(path: Path, lines: int = 3) -> str:
     return " | ".join(text[-lines:])
 
 
+_RANK_EXIT = re.compile(r"rank\s*:\s*(\d+).*?\n\s*exitcode\s*:\s*(-?\d+)", re.S)
+
+
+def _rank_killed(log: Path) -> str | None:
+    """From torchrun's failure summary at the end of the log: "killed: rank R by SIGX, ...", if
+    every failed rank died by a signal; None if one raised (exitcode > 0: a re-run would too)."""
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(max(0, log.stat().st_size - 65536))
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return None
+    found = _RANK_EXIT.findall(text[text.rfind("Failures:"):] if "Failures:" in text else "")
+    if not found or any(int(code) >= 0 for _, code in found):
+        return None
+
+    def name(sig: str) -> str:
+        try:
+            return signal.Signals(int(sig)).name
+        except ValueError:
+            return f"signal {sig}"
+
+    return "killed: " + ", ".join(f"rank {rank} by {name(code[1:])}" for rank, code in found)
+
+
 def outcome(result: dict[str, Any] | None, returncode: int | None, log: Path, *, stopped: bool,
             timed_out: float | None) -> Outcome:
     """What to tell Optuna, from the trial's result file (or its absence)."""
@@ -179,7 +207,13 @@ def outcome(result: dict[str, Any] | None, returncode: int | None, log: Path, *,
         if timed_out is not None and not stopped:
             why += f" after trial_timeout of {timed_out:g}s"
         tail = _log_tail(log)
-        return Outcome("FAIL", error=f"{why}{': ' + tail if tail else ''}"[:2000], retry=stopped)
+        # killed from outside (kill -9, the OOM killer, its worker dying): nothing a re-run would
+        # repeat, so --resume re-runs it from its checkpoint; a trial_timeout stop is final
+        killed = returncode is not None and returncode < 0 and timed_out is None
+        rank = None if killed or timed_out is not None else _rank_killed(log)
+        if rank:  # torchrun stopped the other ranks when this one died
+            why, killed = f"{why} ({rank}; --resume re-runs it)", True
+        return Outcome("FAIL", error=f"{why}{': ' + tail if tail else ''}"[:2000], retry=stopped or killed)
     status = result.get("status")
     if status == "completed":
         return Outcome("COMPLETE", values=result["values"], status=status, probe_error=result.get("probe_error"))
@@ -190,8 +224,9 @@ def outcome(result: dict[str, Any] | None, returncode: int | None, log: Path, *,
         return Outcome("FAIL", status=status, error=f"trial_timeout of {timed_out:g}s exceeded; stopped")
     if status == "killed" and not stopped:  # e.g. torchrun stopping rank 0 after another rank died
         tail = _log_tail(log)
-        why = "stopped by a signal the sweep did not send" + (f": {tail}" if tail else "")
-        return Outcome("FAIL", status=status, error=why[:2000])
+        what = error if error and error.startswith("lost a peer rank") else "stopped by a signal the sweep did not send"
+        why = f"{what} (--resume re-runs it)" + (f": {tail}" if tail else "")
+        return Outcome("FAIL", status=status, error=why[:2000], retry=True)
     # interrupted trials resume later; diverged and crashed ones would do it again
     return Outcome("FAIL", status=status, error=str(error)[:2000], retry=status == "killed")
 
