@@ -211,8 +211,11 @@ class RunConfig(_Strict):
 # starts from "small" when given no config file, so a first run on a laptop takes about a minute
 # (4 x 128, 0.8M parameters; the config defaults are 6 x 384, 10.6M parameters).
 RUN_PRESETS: dict[str, dict[str, Any]] = {
-    "small": {"model.n_layer": 4, "model.n_embd": 128, "model.n_head": 4, "model.block_size": 128,
-              "train.batch_size": 16, "train.steps": 300},
+    # the default study's model and recipe (sweeps/bypass.yaml, sized by sweeps/sizing.yaml): about a
+    # minute on one CPU core, and trained far enough that wirings can differ (docs/sweeps.md)
+    "small": {"model.n_layer": 4, "model.n_embd": 64, "model.n_head": 4, "model.block_size": 64,
+              "train.batch_size": 32, "train.steps": 800, "train.lr": 1.0e-2, "train.warmup_steps": 30,
+              "train.eval_interval": 100, "train.eval_batches": 16, "train.checkpoint_interval": 200},
 }
 
 

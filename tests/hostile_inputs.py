@@ -196,7 +196,7 @@ CASES: list[Case] = [
     Case("train: malformed YAML", ["train", "c.yaml"], "malformed YAML", {"c.yaml": "model: {n_layer: 2\ntrain: ["}),
     Case("train: a list, not a mapping", ["train", "c.yaml"], "expected a mapping", {"c.yaml": "- 1\n- 2\n"}),
     Case("sweep: a scalar, not a mapping", ["sweep", "s.yaml"], "expected a mapping", {"s.yaml": "42\n"}),
-    Case("train: a folder as the config", ["train", "d"], "no such file", {"d/x": ""}),
+    Case("train: a folder as the config", ["train", "d"], "is a folder", {"d/x": ""}),
 
     # --set
     Case("train --set model=3", ["train", "--set", "model=3"], "model is a section"),

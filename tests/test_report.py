@@ -27,12 +27,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 import fixture_store  # noqa: E402
 
 KEYS = [a.key for a in ANALYSES]
+# what the fixture store can draw: all but the sizing figure, which needs runs at several widths
+# and budgets (tested on its own group below)
+FULL_KEYS = [k for k in KEYS if k != "sizing"]
 # a substring every figure's y (or x) axis label must carry: its unit or what is counted
 UNITS = {
     "cka": ("CKA", "layer"), "grad_norm": ("nats per unit", "layer"), "primacy": ("nats/token", "layer"),
     "bypass": ("nats/token", "MLP"), "loss_curves": ("nats/token", "step"), "final_loss": ("variant", "nats/token"),
     "importance": ("parameter", "importance"), "pareto": ("(ms)", "(nats/token)"),
-    "collectives": ("count", ""), "step_times": ("(ms)", ""), "cost_model": ("baseline", "GPUs"),
+    "sizing": ("nats/token", "FLOPs"), "collectives": ("count", ""), "step_times": ("(ms)", ""), "cost_model": ("baseline", "GPUs"),
 }
 LEGEND = {"grad_norm", "primacy", "bypass", "loss_curves", "final_loss", "pareto", "collectives", "step_times",
           "cost_model"}
@@ -129,9 +132,51 @@ def _twin(ax) -> bool:
     return any(other is not ax and other.get_xlabel() for other in ax.get_shared_x_axes().get_siblings(ax))
 
 
+@pytest.fixture(scope="module")
+def sizing(tmp_path_factory) -> Results:
+    """A sizing group: baseline runs at 2 widths x 2 step counts x 2 learning rates (spool rows)."""
+    from falstudy.store import RunSpool, ingest
+
+    group = tmp_path_factory.mktemp("sizing") / "results" / "sizing"
+    for width, n_params in ((48, 111_000), (64, 198_000)):
+        for steps in (300, 600):
+            for lr in (5e-3, 1e-2):
+                run_id = f"d{width}-s{steps}-lr{lr}"
+                loss = 2.6 - 0.002 * width - 0.0005 * steps + (0.02 if lr == 5e-3 else 0.0)
+                RunSpool(group / "runs" / run_id).write_table("runs", [{
+                    "run_id": run_id, "name": "sizing", "status": "completed", "variant": "baseline", "seed": 0,
+                    "n_layer": 4, "n_head": 4, "n_embd": width, "n_params": n_params, "steps": steps,
+                    "batch_size": 32, "seq_len": 64, "lr": lr, "final_val_loss": loss}])
+    ingest(group)
+    return Results(group)
+
+
+def test_sizing_figure_puts_each_run_at_its_compute(sizing):
+    from falstudy.report import variants
+
+    data = variants.sizing_data(sizing)
+    row = data[(data["n_embd"] == 64) & (data["steps"] == 600)].iloc[0]
+    assert row["flops"] == 6 * (198_000 + 4 * 64 * 64) * 600 * 32 * 64
+    fig = variants.sizing_figure(sizing)
+    (ax,) = [a for a in fig.axes if a.get_xlabel()]
+    lines = [line for line in ax.get_lines() if not line.get_label().startswith("_")]
+    assert len(lines) == 2  # one per width: its best learning rate at each budget
+    assert all(list(line.get_ydata()) == sorted(line.get_ydata(), reverse=True) for line in lines)
+    with pytest.raises(MissingTable, match="sizing.yaml"):
+        variants.sizing_data(Results(fixture_store_path_of(sizing)))
+
+
+def fixture_store_path_of(res: Results):
+    """A group with one width only: the sizing group's d=48 runs, copied."""
+    target = res.root.parent / "one_width"
+    if not target.exists():
+        shutil.copytree(res.root, target, ignore=shutil.ignore_patterns("*d64*", "falstudy.duckdb*"))
+    return target
+
+
 @pytest.mark.parametrize("key", KEYS)
-def test_every_figure_has_titles_labelled_axes_units_and_legends(full, key):
-    fig = BY_KEY[key].make(full)
+def test_every_figure_has_titles_labelled_axes_units_and_legends(full, sizing, key):
+    fig = BY_KEY[key].make(sizing if key == "sizing" else full)
     assert fig.get_suptitle() or any(ax.get_title() for ax in fig.axes), _labels(fig)
     panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>" and not _twin(ax)
               and (ax.get_xlabel() or ax.get_ylabel() or ax.get_title())]
@@ -153,17 +198,18 @@ def test_every_figure_has_titles_labelled_axes_units_and_legends(full, key):
 def test_report_writes_every_png_and_an_html_page_that_shows_them(stores, tmp_path):
     out = tmp_path / "report"
     report = make_report(stores[0], out)
-    assert report.missing == {} and report.failed == {}
-    assert set(report.figures) == set(KEYS)
+    assert list(report.missing) == ["sizing"] and "sweeps/sizing.yaml" in report.missing["sizing"]
+    assert report.failed == {}
+    assert set(report.figures) == set(FULL_KEYS)
     page = (out / "report.html").read_text()
-    for analysis in ANALYSES:
+    for analysis in (a for a in ANALYSES if a.key in FULL_KEYS):
         png = out / f"{analysis.key}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
         # self-contained: the PNG itself, embedded
         assert f'<img src="data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}"' in page
         assert html.escape(analysis.caption).split("`")[0][:60] in page
         assert str(markupsafe.escape(analysis.title)) in page  # as Jinja2 escapes it
-    assert page.count("<figure>") == len(KEYS) and "Not drawn" not in page
+    assert page.count("<figure>") == len(FULL_KEYS) and page.count("Not drawn") == 1
     assert "<table" in page and "val_loss_mean" in page  # the final-loss table
     assert 'src="' not in page.replace('src="data:image/png;base64,', "")  # nothing linked by path
     # the header says what the results are of
@@ -191,11 +237,11 @@ def test_a_store_missing_tables_gets_a_report_with_hints(stores, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
-    assert "4 figure(s), 7 missing data, 0 failed" in proc.stdout
+    assert "4 figure(s), 8 missing data, 0 failed" in proc.stdout
     # drawn where the data allows; the stale cka.png is gone with its data
     assert {p.stem for p in out.glob("*.png")} == {"loss_curves", "final_loss", "collectives", "cost_model"}
     page = (out / "report.html").read_text()
-    assert page.count('class="missing"') == 7
+    assert page.count('class="missing"') == 8
     assert page.count("no probes table: run a sweep with probes (sweeps/bypass.yaml) or <code>falstudy probe RUN</code>") == 4
     assert page.count("no trials table") == 2
     assert "<code>python bench/tp_step.py</code>" in page and "<code>falstudy train --tp 2 ...</code>" in page

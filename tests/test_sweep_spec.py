@@ -123,10 +123,21 @@ def test_ready_specs_are_valid(path):
         assert spec.pruner.kind == "none"
 
 
-def test_bypass_spec_is_the_five_wirings_times_three_seeds_with_probes():
-    spec = load_spec(ROOT / "sweeps" / "bypass.yaml")
+@pytest.mark.parametrize("name", ["bypass", "bypass_large"])
+def test_bypass_specs_are_the_five_wirings_times_five_seeds_with_the_verdicts_probes(name):
+    spec = load_spec(ROOT / "sweeps" / f"{name}.yaml")
     assert [c.params["variant"] for c in cells(spec)][:5] == ["baseline", "parallel", "fal", "fal_plus", "no_attn"]
-    assert len(cells(spec)) == 15 and spec.probes is not None and spec.run["data"]["path"] == "data/shakespeare-byte"
+    assert len(cells(spec)) == 25 and spec.run["data"]["path"] == "data/shakespeare-byte"
+    # every probe a verdict reads (falstudy/report/verdicts.py)
+    assert spec.probes is not None and {"cka", "grads", "attn_removal", "bypass"} <= set(spec.probes.names)
+
+
+def test_the_two_sizes_differ_only_in_width():
+    small, large = (load_spec(ROOT / "sweeps" / f"{n}.yaml") for n in ("bypass", "bypass_large"))
+    assert small.run["train"] == large.run["train"] and small.seeds == large.seeds
+    assert {k: v for k, v in small.run["model"].items() if k != "n_embd"} == \
+           {k: v for k, v in large.run["model"].items() if k != "n_embd"}
+    assert large.run["model"]["n_embd"] > small.run["model"]["n_embd"]
 
 
 def test_dry_run_prints_the_grid_and_creates_nothing(tmp_path):

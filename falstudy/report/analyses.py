@@ -39,25 +39,30 @@ ANALYSES: list[Analysis] = [
              "earlier attention), so an MLP barely needs its own block's MHA output.",
              motivation.cka_figure),
     Analysis("grad_norm", "motivation", "Gradient magnitude per layer",
-             "Norm of the loss gradient at each layer's attention output on validation batches. The paper's "
-             "finding: layer 0's (its block 1) is the largest.",
+             "Loss gradient at each layer's attention output on validation batches: its norm (raw) and the "
+             "scale-free attribution Σ|∂L/∂a · a| (the first-order loss change of removing a_i), log axes. The "
+             "paper's finding: layer 0's (its block 1) is the largest. The raw norm is confounded by the small "
+             "stream entering block 0; the verdicts test both.",
              motivation.grads_figure),
     Analysis("primacy", "motivation", "Primacy effect: removing one layer's attention",
              "Increase of the validation loss when a single layer's attention output is zeroed or replaced by its "
-             "mean. The paper's finding: removing layer 0's attention hurts far more than any later layer's.",
+             "mean. The paper's finding: removing layer 0's attention hurts far more than any later layer's. On fal, "
+             "a_0 also makes the substitute signal: 'stream only' keeps it (the baseline's intervention), "
+             "'everywhere' removes it too.",
              motivation.primacy_figure),
     Analysis("bypass", "motivation", "Bypass and substitution at inference",
              "Loss increase when the MLP of one block (or of all blocks) reads LN(x) instead of its usual input "
              "(cut), or LN(x) plus layer 0's normalised attention output (FAL's substitute forms). The paper's "
-             "finding: cutting costs less than removing attention, and a substitute signal is needed.",
+             "finding: cutting costs less than removing attention, and a substitute signal is needed. Compare the "
+             "conditions in 'layers ≥ 1', where all three rewrite the same MLPs.",
              motivation.bypass_figure),
     Analysis("loss_curves", "variants", "Loss curves by variant",
              "Training and validation loss over steps, mean over seeds with a min-to-max band.",
              variants.curves_figure),
     Analysis("final_loss", "variants", "Final validation loss and perplexity",
              "Final validation loss of every run (dots) and mean ± standard deviation over seeds per variant; the "
-             "top axis reads the same numbers as perplexity. The table gives the spread and the difference to "
-             "baseline.",
+             "top axis reads the same numbers as perplexity. The table gives the spread, the difference to "
+             "baseline and its seed-paired 95% interval and p-value (paired t).",
              variants.final_figure, variants.final_table),
     Analysis("importance", "variants", "Optuna parameter importance",
              "How much of each objective's variance each searched parameter explains (fANOVA over completed "
@@ -67,6 +72,11 @@ ANALYSES: list[Analysis] = [
              "Completed trials of a multi-objective study; the black line joins the trials no other trial beats "
              "on both objectives.",
              variants.pareto_figure),
+    Analysis("sizing", "variants", "Sizing: loss against training compute",
+             "Final validation loss of every run against its training compute, one line per model width (its best "
+             "learning rate at each budget). Read at equal compute to choose a width for a budget "
+             "(sweeps/sizing.yaml chose the default study's).",
+             variants.sizing_figure),
     Analysis("collectives", "parallel", "All-reduces per training step",
              "Tensor-parallel all-reduces per step, forward (g) and backward (f): counted from the f/g placement "
              "of each variant's config and, where available, measured by the CommMeter (baseline blocks 2 + 2, "

@@ -93,7 +93,8 @@ def final_data(res: Results) -> tuple["pandas.DataFrame", str]:
 
 def final_table(res: Results) -> "pandas.DataFrame":
     """Per variant: runs, mean/sd/min/max final validation loss, mean and sd of perplexity
-    (exp of each run's loss), and the mean difference to baseline. Sorted best first."""
+    (exp of each run's loss), the mean difference to baseline and, over the seeds both have,
+    its paired-t 95% interval and p-value (``pairs``: how many). Sorted best first."""
     import numpy as np
 
     runs, _ = final_data(res)
@@ -106,7 +107,30 @@ def final_table(res: Results) -> "pandas.DataFrame":
     table[["val_loss_sd", "ppl_sd"]] = table[["val_loss_sd", "ppl_sd"]].fillna(0.0)
     if "baseline" in table.index:
         table["vs_baseline"] = table["val_loss_mean"] - table.loc["baseline", "val_loss_mean"]
+        table = table.join(_paired_vs_baseline(runs), how="left")
     return table.sort_values("val_loss_mean").reset_index()
+
+
+def _paired_vs_baseline(runs: "pandas.DataFrame") -> "pandas.DataFrame":
+    """Seed-paired difference to baseline per variant: its 95% interval, p-value and pair count."""
+    import pandas as pd
+
+    from falstudy import stats
+
+    if "seed" not in runs:
+        return pd.DataFrame(columns=["pairs", "vs_baseline_ci_lo", "vs_baseline_ci_hi", "vs_baseline_p"])
+    by_seed = runs.groupby(["variant", "seed"])["final_val_loss"].mean()  # a rerun seed counts once
+    base = by_seed.get("baseline", pd.Series(dtype=float))
+    out = {}
+    for variant in runs["variant"].unique():
+        mine = by_seed.get(variant, pd.Series(dtype=float))
+        diffs = [mine[s] - base[s] for s in mine.index if s in base.index]
+        if variant == "baseline" or len(diffs) < 2:
+            out[variant] = {"pairs": len(diffs) if variant != "baseline" else 0}
+            continue
+        t = stats.paired_t(diffs)
+        out[variant] = {"pairs": len(diffs), "vs_baseline_ci_lo": t.lo, "vs_baseline_ci_hi": t.hi, "vs_baseline_p": t.p}
+    return pd.DataFrame.from_dict(out, orient="index")
 
 
 def final_figure(res: Results) -> "Figure":
@@ -327,4 +351,48 @@ def pareto_figure(res: Results, study: str | None = None) -> "Figure":
         add_note(fig, f"No {JOURNAL} here: objective names unknown, both assumed minimised.")
     if len(info.objectives) > 2:
         add_note(fig, "Only the first two objectives are drawn.")
+    return fig
+
+
+# -- sizing: loss against training compute ---------------------------------------------------------
+def sizing_data(res: Results) -> "pandas.DataFrame":
+    """Completed runs with their training compute: FLOPs ≈ 6 (N + L·T·d) per token (N: parameters
+    without embeddings; L·T·d: attention scores, Kaplan et al. 2020) times the tokens trained."""
+    runs, _ = _completed(runs_table(res))
+    runs = runs.dropna(subset=["final_val_loss", "n_params", "n_layer", "n_embd", "seq_len", "steps", "batch_size"])
+    if runs["n_embd"].nunique() < 2 or runs["steps"].nunique() < 2:
+        raise MissingTable("sizing runs", "the loss-vs-compute figure needs runs at 2+ widths and 2+ step counts "
+                                          "(sweeps/sizing.yaml)")
+    runs = runs.assign(tokens=runs["steps"] * runs["batch_size"] * runs["seq_len"])
+    per_token = 6 * (runs["n_params"] + runs["n_layer"] * runs["seq_len"] * runs["n_embd"])
+    return runs.assign(flops=per_token * runs["tokens"])
+
+
+def sizing_figure(res: Results) -> "Figure":
+    data = sizing_data(res)
+    fig = figure(7.4, 4.6)
+    ax = fig.subplots()
+    markers = dict(zip(sorted(data["lr"].unique()), "osD^v<>"))
+    widths = sorted(data["n_embd"].unique())
+    palette = dict(zip(widths, ["#4C72B0", "#55A868", "#C44E52", "#8172B3", "#CCB974", "#64B5CD"]))
+    for width in widths:
+        sub = data[data["n_embd"] == width]
+        best = sub.loc[sub.groupby("steps")["final_val_loss"].idxmin()].sort_values("flops")
+        ax.plot(best["flops"], best["final_val_loss"], color=palette[width], linewidth=1.6,
+                label=f"d = {int(width)} ({sub['n_params'].iloc[0] / 1e6:.2f}M), best lr per budget")
+        for lr, m in markers.items():
+            pts = sub[sub["lr"] == lr]
+            ax.scatter(pts["flops"], pts["final_val_loss"], marker=m, color=palette[width], s=30, alpha=0.75,
+                       linewidths=0)
+    for lr, m in markers.items():
+        ax.scatter([], [], marker=m, color="#555555", label=f"lr {lr:g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("training compute (FLOPs, ≈ 6 (N + L·T·d) × tokens; log scale)")
+    ax.set_ylabel("final validation loss (nats/token)")
+    ax.legend(fontsize=8)
+    ax.set_title(f"Loss against training compute ({seeds_text(data['seed'].nunique())}, one run per point)")
+    fig.suptitle("Sizing: which width and budget reach the learning regime")
+    add_note(fig, "Each point a completed run; lines join each width's best learning rate at each step count. "
+                  "Points at equal compute compare widths at a fixed budget; compute is not wall-clock time on a CPU, "
+                  "where small widths run fewer FLOPs per second (docs/sweeps.md).")
     return fig
