@@ -105,7 +105,7 @@ def test_dry_run_parameter_count_is_the_models(capsys, corpus):
     import falstudy
 
     code, out, _ = _run(capsys, "train", "--dry-run", "--data", str(corpus), "--set", "model.n_layer=2")
-    cfg = falstudy.RunConfig(model={"n_layer": 2, "n_embd": 128, "n_head": 4, "block_size": 128, "vocab_size": 256})
+    cfg = falstudy.RunConfig(model={"n_layer": 2, "n_embd": 64, "n_head": 4, "block_size": 64, "vocab_size": 256})
     n = falstudy.GPT(cfg.model).num_params(non_embedding=False)
     assert code == 0 and f": {n / 1e6:.2f}M parameters" in out.splitlines()[0]
 

@@ -92,8 +92,8 @@ def test_scale_free_attribution_and_stream_rms_match_autograd(wiring):
             h.remove()
         grads = torch.autograd.grad(loss, acts)
         for i in range(3):
-            attribution[i] += float((grads[i] * acts[i]).sum(-1).abs().sum()) / len(data)
-            rms[i] += float(streams[i].square().mean().sqrt()) / len(data)
+            attribution[i] += float((grads[i] * acts[i].detach()).sum(-1).abs().sum()) / len(data)
+            rms[i] += float(streams[i].detach().square().mean().sqrt()) / len(data)
     for i in range(3):
         assert value(rows, "attn_out", i, "grad_x_act") == pytest.approx(attribution[i], rel=1e-5)
         assert value(rows, "resid_pre", i, "rms") == pytest.approx(rms[i], rel=1e-5)
