@@ -30,6 +30,7 @@ import contextlib
 import hashlib
 import json
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,8 +182,10 @@ def open_study(spec: SweepSpec, url: str, *, create: bool = True) -> Opened:
         try:
             study = optuna.create_study(directions=spec.directions, **kwargs)
             study.set_user_attr(SPEC_ATTR, spec.fingerprint())
-            # optuna-dashboard then says "val_loss", not "Objective 0"
-            study.set_metric_names([o.metric for o in spec.objectives])
+            # optuna-dashboard then says "val_loss", not "Objective 0" (experimental in Optuna 5: say nothing)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names([o.metric for o in spec.objectives])
             created = True
         except optuna.exceptions.DuplicatedStudyError:  # another process won the race
             study = optuna.load_study(**kwargs)
