@@ -199,7 +199,9 @@ def primacy_rows(res: Results, variants: Iterable[str] | None = FOCUS) -> "panda
 def primacy_figure(res: Results, variants: Iterable[str] | None = FOCUS) -> "Figure":
     df = primacy_rows(res, variants)
     modes = [m for m in REMOVAL_MODES if m in set(df["mode"])]
-    series = sorted(df["series"].unique(), key=lambda s: (order(df["variant"].unique()).index(s.split(":")[0]), s))
+    variants_shown = order(df["variant"].unique())
+    # per variant: stream only (the baseline's intervention) first, then everywhere
+    series = sorted(df["series"].unique(), key=lambda s: (variants_shown.index(s.split(":")[0]), s.endswith("everywhere")))
     colors = {}
     for name in series:
         variant = name.split(":")[0]
@@ -256,33 +258,6 @@ def _grouped_bars(ax, data: "pandas.DataFrame", groups: list, series: list[str],
                         fontsize=7, color="#666666")
     ax.set_xticks(range(len(groups)))
     ax.axhline(0, color="black", linewidth=0.8)
-
-
-def primacy_figure(res: Results, variants: Iterable[str] | None = FOCUS) -> "Figure":
-    df = probe_rows(res, "attn_removal", metrics=["zero.delta_loss", "mean.delta_loss"])
-    df = df[df["variant"].isin(pick(df["variant"], variants))].copy()
-    df["group"] = df["layer"].astype(int)
-    modes = [m for m in ("zero.delta_loss", "mean.delta_loss") if m in set(df["metric"])]
-    shown = order(df["variant"].unique())
-    layers = sorted(df["group"].unique())
-    fig = figure(4.2 * len(modes) + 0.6, 4.2)
-    axes = fig.subplots(1, len(modes), squeeze=False, sharey=True)[0]
-    titles = {"zero.delta_loss": "attention output zeroed (a_i = 0)",
-              "mean.delta_loss": "attention output mean-ablated (a_i = its mean)"}
-    for ax, mode in zip(axes, modes):
-        raw = df[df["metric"] == mode]
-        stats = seed_stats(raw, ["variant", "group"])
-        counts = stats.groupby("variant")["count"].max()
-        labels = {v: f"{v} ({seeds_text(counts.get(v, 0))})" for v in shown}
-        _grouped_bars(ax, stats, layers, shown, labels, {v: color(v) for v in shown}, raw)
-        ax.set_xticklabels([str(g) for g in layers])
-        ax.set_xlabel("layer whose attention is removed (0-based)")
-        ax.set_title(titles[mode])
-    axes[0].set_ylabel(f"Δ validation loss ({LOSS_UNIT})")
-    axes[0].legend(title="variant")
-    fig.suptitle("Primacy effect: loss increase when one layer's attention is removed")
-    add_note(fig, "One layer at a time, on a trained model; bars: mean ±1 sd over seeds, dots: seeds.")
-    return fig
 
 
 # -- bypass and substitution -----------------------------------------------------------------
