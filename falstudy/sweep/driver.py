@@ -248,13 +248,13 @@ def run_sweep(spec_path: str | Path, *, workers: int | None = None, storage: str
 
     lease = Lease(spec.workers)  # this sweep's trainings count in every falstudy process's share
     try:
-        return _run(spec, spec_path, url, group, results_dir, deadline, study, report, t0, echo, quiet)
+        return _run(spec, spec_path, url, storage, group, results_dir, deadline, study, report, t0, echo, quiet)
     finally:
         lease.release()
 
 
-def _run(spec: SweepSpec, spec_path: Path, url: str, group: Path, results_dir: str | None, deadline: float | None,
-         study, report: SweepReport, t0: float, echo: Echo, quiet: bool) -> SweepReport:
+def _run(spec: SweepSpec, spec_path: Path, url: str, storage: str | None, group: Path, results_dir: str | None,
+         deadline: float | None, study, report: SweepReport, t0: float, echo: Echo, quiet: bool) -> SweepReport:
     from falstudy.sweep.records import export_trials, ingest_quietly
 
     budget = threads_per_trial(spec, spec.workers, joined=True) is not None  # else the spec fixes train.threads
