@@ -37,3 +37,6 @@ def register(app: typer.Typer) -> None:
     bench_app = typer.Typer(help="Benchmarks that print ratios measured side by side in one run.", no_args_is_help=True)
     app.add_typer(bench_app, name="bench")
     bench_app.command("tp")(bench_tp)
+    from falstudy.gpu.cli import bench_gpu
+
+    bench_app.command("gpu")(bench_gpu)
