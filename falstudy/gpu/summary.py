@@ -36,7 +36,8 @@ def summary(env: dict, state: dict, elapsed_s: float) -> str:
     fal = [r for r in state["throughput"] if r["variant"] == "fal" and r.get("vs_baseline") is not None
            and not math.isnan(r["vs_baseline"])]
     if fal:  # every measured fal / baseline, not the best one: the paper's figure is a maximum
-        ratios = ", ".join(f"{r['shape']} {r['mode']} {r['vs_baseline']:.3f}" for r in fal)
+        ratios = ", ".join(f"{r['shape']} {r['mode']}{' (compile group)' if r['group'] == 'compile' and r['mode'] == 'eager' else ''}"
+                           f" {r['vs_baseline']:.3f}" for r in fal)
         lines += ["", f"fal / baseline tokens/s: {ratios} (the paper: up to {PAPER_SINGLE_GPU}x on one GPU)"]
     if state["train"]:
         t = state["train"]

@@ -1,6 +1,7 @@
 """``falstudy bench tp``: the TP=2 step-time benchmark with the cost model's predictions
-(falstudy/parallel/bench.py). Registered by falstudy/cli.py with ``register(app)``; the script
-``bench/tp_step.py`` runs the same command with ``typer.run(bench_tp)``."""
+(falstudy/parallel/bench.py). Registered by falstudy/cli.py with ``register(app)``, which also
+adds ``falstudy bench gpu`` (falstudy/gpu/cli.py); the script ``bench/tp_step.py`` runs the same
+command with ``typer.run(bench_tp)``."""
 
 from __future__ import annotations
 
