@@ -1,6 +1,7 @@
 """``falstudy bench tp``: the TP=2 step-time benchmark with the cost model's predictions
-(falstudy/parallel/bench.py). Registered by falstudy/cli.py with ``register(app)``; the script
-``bench/tp_step.py`` runs the same command with ``typer.run(bench_tp)``."""
+(falstudy/parallel/bench.py). Registered by falstudy/cli.py with ``register(app)``, which also
+adds ``falstudy bench gpu`` (falstudy/gpu/cli.py); the script ``bench/tp_step.py`` runs the same
+command with ``typer.run(bench_tp)``."""
 
 from __future__ import annotations
 
@@ -37,3 +38,6 @@ def register(app: typer.Typer) -> None:
     bench_app = typer.Typer(help="Benchmarks that print ratios measured side by side in one run.", no_args_is_help=True)
     app.add_typer(bench_app, name="bench")
     bench_app.command("tp")(bench_tp)
+    from falstudy.gpu.cli import bench_gpu
+
+    bench_app.command("gpu")(bench_gpu)
