@@ -87,6 +87,8 @@ def test_known_effects_are_called_and_null_ones_are_not(tmp_path):
     null = rows[("fal_plus_le_fal", "fal_plus vs fal")]
     assert null.effect == pytest.approx(0.0, abs=1e-12) and null.verdict == stats.INCONCLUSIVE
     assert rows[("parallel_ge_baseline", "parallel vs baseline")].verdict == stats.HOLDS
+    sub = rows[("fal_lt_parallel", "fal vs parallel")]  # -0.05 against +0.03, noise of both seeds
+    assert sub.effect == pytest.approx(-0.08) and sub.verdict == stats.HOLDS
     assert rows[("control_no_attn", "no_attn vs baseline")].effect == pytest.approx(0.5)
     assert 0 < fal.p_holm <= 1 and fal.p_holm >= fal.p
 
