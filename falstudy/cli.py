@@ -91,7 +91,7 @@ class RunPreset(str, Enum):
 @app.command()
 def train(
     config: Annotated[Optional[Path], typer.Argument(help="a run config YAML (sections: model, train, data, ...)")] = None,
-    preset: Annotated[Optional[RunPreset], typer.Option(help="a run preset applied beneath CONFIG and --set: small = the default study's model and recipe: 4 layers x 64, 4 heads, block 64, batch 32, lr 1e-2, 800 steps (about a minute on one core); none = the config defaults (6 x 384, 200 steps)", show_default="small without CONFIG, none with it")] = None,
+    preset: Annotated[Optional[RunPreset], typer.Option(help="a run preset applied beneath CONFIG and --set: small = the default study's model and recipe: 4 layers x 64, 4 heads, block 64, batch 32, lr 8e-3, 1000 steps (about a minute on one core); none = the config defaults (6 x 384, 200 steps)", show_default="small without CONFIG, none with it")] = None,
     variant: Annotated[Optional[str], typer.Option(help="a preset, e.g. baseline, parallel, fal, fal_plus, no_attn (see `falstudy variants`)", show_default="baseline wiring")] = None,
     steps: Annotated[Optional[int], typer.Option(help="training steps", show_default="300 with preset small, 200 with none")] = None,
     seed: Annotated[Optional[int], typer.Option(help="seed for init and data order", show_default="0")] = None,

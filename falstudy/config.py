@@ -214,8 +214,8 @@ RUN_PRESETS: dict[str, dict[str, Any]] = {
     # the default study's model and recipe (sweeps/bypass.yaml, sized by sweeps/sizing.yaml): about a
     # minute on one CPU core, and trained far enough that wirings can differ (docs/sweeps.md)
     "small": {"model.n_layer": 4, "model.n_embd": 64, "model.n_head": 4, "model.block_size": 64,
-              "train.batch_size": 32, "train.steps": 800, "train.lr": 1.0e-2, "train.warmup_steps": 30,
-              "train.eval_interval": 100, "train.eval_batches": 16, "train.checkpoint_interval": 200},
+              "train.batch_size": 32, "train.steps": 1000, "train.lr": 8.0e-3, "train.warmup_steps": 50,
+              "train.eval_interval": 200, "train.eval_batches": 16, "train.checkpoint_interval": 250},
 }
 
 

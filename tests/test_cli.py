@@ -89,7 +89,7 @@ def test_dry_run_prints_the_resolved_config_and_writes_nothing(capsys, corpus, t
     lines = out.splitlines()
     assert lines[0].startswith("model: fal (fal), 4 layers x 64 (4 heads), block 64, vocab 256: ")
     assert "M parameters (preset small" in lines[0]
-    assert lines[1].startswith("train: 800 steps x 32 x 64 tokens, lr 0.002, seed 0, device cpu")
+    assert lines[1].startswith("train: 1000 steps x 32 x 64 tokens, lr 0.002, seed 0, device cpu")
     assert lines[2].startswith("estimate: ~") and " per step, ~" in lines[2]
     resolved = yaml.safe_load(out.split("\n", 4)[4])
     assert resolved["model"]["n_layer"] == 4 and resolved["model"]["wiring"] == "fal"
