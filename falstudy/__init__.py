@@ -21,6 +21,8 @@ _LAZY = {
     "RUN_PRESETS": ("falstudy.config", "RUN_PRESETS"),
     "prepare": ("falstudy.data", "prepare"),
     "run_probes": ("falstudy.probe", "run_probes"),
+    "run_with_cache": ("falstudy.probe.cache", "run_with_cache"),
+    "generate": ("falstudy.sampling", "generate"),
     "ingest": ("falstudy.store", "ingest"),
     "query": ("falstudy.store", "query"),
     "spool_query": ("falstudy.store", "spool_query"),

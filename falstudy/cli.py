@@ -286,6 +286,23 @@ def _probe_source(run: str, results: Path | None) -> Path:
 
 
 @app.command()
+def sample(
+    run: Annotated[str, typer.Argument(help="a run folder, a checkpoint file, or a run id (looked up under ./results; -r to choose the group)")],
+    prompt: Annotated[str, typer.Option(help="text to continue (encoded with the run's corpus tokenizer)")] = "\n",
+    tokens: Annotated[int, typer.Option(min=1, help="new tokens to sample")] = 200,
+    temperature: Annotated[float, typer.Option(min=0.0, help="softmax temperature (0 = greedy)")] = 0.8,
+    top_k: Annotated[Optional[int], typer.Option(min=1, help="sample among the k most likely tokens (default: 50)")] = 50,
+    seed: Annotated[int, typer.Option(help="seed of the sampler")] = 0,
+    results: Annotated[Optional[Path], typer.Option("--results", "-r", help="results group to look the run id up in")] = None,
+) -> None:
+    """Sample text from a trained run's checkpoint (nanoGPT-style: temperature, top-k)."""
+    from falstudy.sampling import generate
+
+    text = generate(_probe_source(run, results), prompt, tokens, temperature=temperature, top_k=top_k, seed=seed)
+    typer.echo(prompt + text)
+
+
+@app.command()
 def variants() -> None:
     """List the named variant presets and what each sets."""
     from falstudy.models.variants import VARIANTS

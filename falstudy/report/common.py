@@ -7,6 +7,7 @@ headless (Agg) and notebooks show them with ``display(fig)``.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any, Iterable
 
 from falstudy.store.readonly import MissingTable, Results
@@ -17,11 +18,16 @@ if TYPE_CHECKING:
 
 # the study's variants first, in the order the paper discusses them; anything else after
 ORDER = ["baseline", "parallel", "fal", "fal_plus", "no_attn", "no_mlp"]
-COLORS = {
-    "baseline": "#4C72B0", "parallel": "#DD8452", "fal": "#55A868", "fal_plus": "#C44E52",
-    "no_attn": "#8172B3", "no_mlp": "#937860",
-}
-SPARE = ["#DA8BC3", "#8C8C8C", "#CCB974", "#64B5CD", "#1B9E77", "#E7298A", "#A6761D", "#666666"]
+
+
+@functools.cache
+def palette() -> list[str]:
+    """seaborn's "deep" palette (10 colours) as hex: the study's variants take the first six."""
+    import seaborn as sns
+
+    return sns.color_palette("deep", 10).as_hex()
+
+
 # the two variants the motivating analyses compare
 FOCUS = ("baseline", "fal")
 
@@ -39,9 +45,12 @@ def order(variants: Iterable[str]) -> list[str]:
 
 
 def color(variant: str) -> str:
-    if variant in COLORS:
-        return COLORS[variant]
-    return SPARE[sum(map(ord, variant)) % len(SPARE)]  # stable across runs and figures
+    """A variant's colour, the same in every figure: its place in ORDER, else a stable spare."""
+    colours = palette()
+    if variant in ORDER:
+        return colours[ORDER.index(variant)]
+    spare = colours[len(ORDER):]
+    return spare[sum(map(ord, variant)) % len(spare)]
 
 
 def pick(available: Iterable[str], wanted: Iterable[str] | None = FOCUS, most: int = 3) -> list[str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterable
 
-from falstudy.report.common import (FOCUS, add_note, color, figure, order, pick, probe_rows, seed_stats,
+from falstudy.report.common import (FOCUS, add_note, color, figure, order, palette, pick, probe_rows, seed_stats,
                                     seeds_text)
 from falstudy.store.readonly import Results
 
@@ -283,7 +283,8 @@ def bypass_figure(res: Results, variants: Iterable[str] | None = FOCUS) -> "Figu
     raw = bypass_data(res, variants)
     shown = order(raw["variant"].unique())
     conditions = [c for c in BYPASS_CONDITIONS if c in set(raw["condition"])]
-    palette = {"bypass": "#C44E52", "ln_plus_norm": "#55A868", "ln_sum": "#8172B3"}
+    colours = palette()
+    palette_ = {"bypass": colours[3], "ln_plus_norm": colours[2], "ln_sum": colours[4]}
     fig = figure(5.0 * len(shown) + 0.4, 4.4)
     axes = fig.subplots(1, len(shown), squeeze=False, sharey=True)[0]
     for ax, variant in zip(axes, shown):
@@ -291,7 +292,7 @@ def bypass_figure(res: Results, variants: Iterable[str] | None = FOCUS) -> "Figu
         layers = sorted({g for g in sub["group"] if g.isdigit()}, key=int)
         groups = layers + [g for g in ("≥1", "all") if (sub["group"] == g).any()]
         stats = seed_stats(sub, ["condition", "group"])
-        _grouped_bars(ax, stats, groups, conditions, BYPASS_CONDITIONS, palette, sub, key="condition")
+        _grouped_bars(ax, stats, groups, conditions, BYPASS_CONDITIONS, palette_, sub, key="condition")
         names = {"≥1": "layers\n≥ 1", "all": "all\nlayers"}
         ax.set_xticklabels([names.get(g, f"layer {g}") for g in groups])
         ax.set_xlabel("MLP(s) whose input is rewritten")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from falstudy.report.common import add_note, color, figure, order, runs_table, seeds_text
+from falstudy.report.common import add_note, color, figure, order, palette, runs_table, seeds_text
 from falstudy.store.readonly import MissingTable, Results
 
 if TYPE_CHECKING:
@@ -283,7 +283,7 @@ def importance_figure(res: Results, study: str | None = None) -> "Figure":
     axes = fig.subplots(1, len(objectives), squeeze=False)[0]
     for ax, objective in zip(axes, objectives):
         sub = data[data["objective"] == objective].sort_values("importance")
-        ax.barh(sub["param"], sub["importance"], height=0.5, color="#4C72B0")
+        ax.barh(sub["param"], sub["importance"], height=0.5, color=palette()[0])
         for y, value in enumerate(sub["importance"]):
             ax.text(value, y, f" {value:.2f}", va="center", fontsize=9)
         ax.set_xlim(0, 1.15)
@@ -374,15 +374,15 @@ def sizing_figure(res: Results) -> "Figure":
     ax = fig.subplots()
     markers = dict(zip(sorted(data["lr"].unique()), "osD^v<>"))
     widths = sorted(data["n_embd"].unique())
-    palette = dict(zip(widths, ["#4C72B0", "#55A868", "#C44E52", "#8172B3", "#CCB974", "#64B5CD"]))
+    by_width = dict(zip(widths, palette()))
     for width in widths:
         sub = data[data["n_embd"] == width]
         best = sub.loc[sub.groupby("steps")["final_val_loss"].idxmin()].sort_values("flops")
-        ax.plot(best["flops"], best["final_val_loss"], color=palette[width], linewidth=1.6,
+        ax.plot(best["flops"], best["final_val_loss"], color=by_width[width], linewidth=1.6,
                 label=f"d = {int(width)} ({sub['n_params'].iloc[0] / 1e6:.2f}M), best lr per budget")
         for lr, m in markers.items():
             pts = sub[sub["lr"] == lr]
-            ax.scatter(pts["flops"], pts["final_val_loss"], marker=m, color=palette[width], s=30, alpha=0.75,
+            ax.scatter(pts["flops"], pts["final_val_loss"], marker=m, color=by_width[width], s=30, alpha=0.75,
                        linewidths=0)
     for lr, m in markers.items():
         ax.scatter([], [], marker=m, color="#555555", label=f"lr {lr:g}")
