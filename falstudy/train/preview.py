@@ -41,11 +41,13 @@ class Preview:
 def preview(cfg: RunConfig, device: torch.device | None = None) -> Preview:
     """Resolve ``cfg`` against its corpus (FalstudyError if it is missing) and time its step."""
     from falstudy.models import GPT
+    from falstudy.models.size import check_fits
     from falstudy.train.loop import open_data, resolve_device
 
     cfg, _, _ = open_data(cfg)
     seq_len = cfg.train.seq_len or cfg.model.block_size
     device = device or resolve_device(cfg.train.device)
+    check_fits(cfg.model, device, shards=cfg.parallel.tp)  # the preview builds the model: refuse first
     saved = torch.get_num_threads(), torch.get_rng_state()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
