@@ -137,6 +137,25 @@ def test_two_sizes_get_the_size_row(tmp_path):
                                                                             row_.size.split(" vs ")[1]}
 
 
+def test_groups_that_reuse_run_ids_keep_their_own_probes(tmp_path):
+    """Run ids are unique within a group only (a sweep names its runs baseline-s0, ...)."""
+    groups = []
+    for name, gap in (("a", 0.9), ("b", 0.5)):
+        group = tmp_path / "results" / name
+        for s in range(3):
+            rows = [row("cka", "mlp_in|mlp_in", 0, "cka", gap + 0.4 + NOISE[s], layer_b=1),
+                    row("cka", "attn_out|attn_out", 0, "cka", 0.4, layer_b=1)]
+            spool = RunSpool(group / "runs" / f"baseline-s{s}")  # the same ids in both groups
+            spool.write_table("runs", [{"run_id": f"baseline-s{s}", "name": name, "status": "completed",
+                                        "variant": "baseline", "seed": s, "final_val_loss": 2.0,
+                                        **{**SIZE, "n_embd": 64 if name == "a" else 96}}])
+            spool.write_table("probes", [{**r, "run_id": f"baseline-s{s}"} for r in rows], part="synthetic")
+        ingest(group)
+        groups.append(group)
+    cka = {r.size: r.effect for r in verdicts.compute(groups).rows if r.claim == "cka"}
+    assert sorted(cka.values()) == [pytest.approx(0.5 + sum(NOISE[:3]) / 3), pytest.approx(0.9 + sum(NOISE[:3]) / 3)]
+
+
 def test_one_seed_names_what_is_missing(tmp_path):
     group = _group(tmp_path, "one", seeds=1, probes=False)
     with pytest.raises(FalstudyError) as err:

@@ -143,6 +143,7 @@ def _runs(groups: Sequence[Results]) -> "pandas.DataFrame":
         frames.append(df)
     runs = pd.concat(frames, ignore_index=True)
     runs = runs[runs["status"] == "completed"].copy()
+    runs["key"] = runs["group"] + "/" + runs["run_id"]  # run ids are unique within a group only
     runs["size"] = [_size_label(r) for r in runs.itertuples()] if len(runs) else []
     runs["compute"] = runs["n_layer"] * runs["n_embd"] ** 2 * runs["steps"] * runs["batch_size"] * runs["seq_len"]
     return runs.sort_values("ended_at")
@@ -159,11 +160,13 @@ def _probes(groups: Sequence[Results], probe: str, metrics: list[str], sites: li
     frames = []
     for res in groups:
         try:
-            frames.append(probe_rows(res, probe, metrics=metrics, sites=sites))
+            rows = probe_rows(res, probe, metrics=metrics, sites=sites)
+            frames.append(rows.assign(key=f"{res.root}/" + rows["run_id"]))
         except MissingTable:
             continue
     if not frames:
-        return pd.DataFrame(columns=["variant", "seed", "run_id", "site", "layer", "layer_b", "metric", "value", "_file"])
+        return pd.DataFrame(columns=["variant", "seed", "run_id", "key", "site", "layer", "layer_b", "metric", "value",
+                                     "_file"])
     df = pd.concat(frames, ignore_index=True)
     return df[~df["_file"].fillna("").str.contains("hook")]  # the checkpoint probe, not the trainer's hook
 
@@ -189,10 +192,10 @@ def _row(claim_id: str, variant: str, size: str, values: Sequence[float], note: 
 
 def _per_run(df: "pandas.DataFrame", fn: Callable[["pandas.DataFrame"], float | None]) -> dict[str, float]:
     out = {}
-    for run_id, sub in df.groupby("run_id"):
+    for key, sub in df.groupby("key"):
         value = fn(sub)
         if value is not None and math.isfinite(value):
-            out[run_id] = value
+            out[key] = value
     return out
 
 
@@ -269,9 +272,9 @@ def _probe_claims(groups, runs, rows: list, missing: list) -> None:
     for claim_id, variants, per_run, probe in specs:
         for variant in variants:
             tested = False
-            of_variant = runs[(runs["variant"] == variant) & runs["run_id"].isin(list(per_run))]
+            of_variant = runs[(runs["variant"] == variant) & runs["key"].isin(list(per_run))]
             for size, sub in _one_per_seed(of_variant).groupby("size"):
-                values = [per_run[r] for r in sub["run_id"]]
+                values = [per_run[k] for k in sub["key"]]
                 if len(values) >= 2:
                     note = notes.get(claim_id, "")
                     if claim_id == "primacy" and variant != PROBE_VARIANT:
@@ -331,8 +334,8 @@ def _regime(runs, groups) -> list[str]:
         parts = [f"baseline val loss {loss[PROBE_VARIANT]:.3f}"]
         if "no_attn" in loss:
             parts.append(f"no_attn − baseline {loss['no_attn'] - loss[PROBE_VARIANT]:+.3f}")
-        base_runs = set(sub[sub["variant"] == PROBE_VARIANT]["run_id"])
-        later = removal[removal["run_id"].isin(base_runs) & (removal["layer"] >= 1)]
+        base_runs = set(sub[sub["variant"] == PROBE_VARIANT]["key"])
+        later = removal[removal["key"].isin(base_runs) & (removal["layer"] >= 1)]
         if len(later):
             per_layer = later.groupby("layer")["value"].mean()
             parts.append(f"largest later-layer attention removal {per_layer.max():+.3f} (layer {int(per_layer.idxmax())})")
