@@ -314,6 +314,7 @@ def variants() -> None:
 @app.command()
 def ingest(
     results: Annotated[Path, typer.Argument(help="a results group folder, e.g. results/bypass")],
+    adopt: Annotated[bool, typer.Option("--adopt", help="trust spool folders that have no manifest at all (results written by a falstudy from before manifests); folders with one are still checked")] = False,
 ) -> None:
     """Load new spool files (Parquet) into RESULTS/falstudy.duckdb; safe to run twice."""
     from falstudy.store import ingest as ingest_results
@@ -324,7 +325,7 @@ def ingest(
 
     with warnings.catch_warnings():  # refused files are reported below, one line each
         warnings.filterwarnings("ignore", message=".*refused, not ingested")
-        added = ingest_results(results)
+        added = ingest_results(results, adopt=adopt)
     typer.echo(", ".join(f"{t}: +{n}" for t, n in sorted(added.items())) or "nothing new")
     for path, why in added.refused.items():
         typer.echo(f"falstudy: error: {path}: refused, not ingested: {why}; remove it", err=True)

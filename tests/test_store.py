@@ -384,3 +384,24 @@ def test_the_store_is_written_in_a_format_duckdb_1_reads(tmp_path):
     version, rows = out.stdout.splitlines()
     assert version == "1.1.3"
     assert rows == "[('r1', 10, 2.9), ('r1', 20, 2.8)]"
+
+
+def test_adopt_trusts_folders_written_before_manifests_and_nothing_else(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from falstudy.store import RunSpool, ingest, query
+
+    group = tmp_path / "g"
+    old, new = RunSpool(group / "runs" / "old"), RunSpool(group / "runs" / "new")
+    for spool, run_id in ((old, "old"), (new, "new")):
+        spool.write_table("runs", [{"run_id": run_id, "name": "g", "status": "completed"}])
+    (group / "runs" / "old" / ".manifest.json").unlink()  # as an older falstudy left it
+    pq.write_table(pa.table({"run_id": ["evil"], "name": ["g"], "status": ["completed"]}),
+                   group / "runs" / "new" / "runs-evil.parquet")  # dropped into a folder with a manifest
+    first = ingest(group)
+    assert first == {"runs": 1} and len(first.refused) == 2
+    assert "--adopt" in first.refused[group.resolve() / "runs" / "old" / "runs.parquet"]
+    second = ingest(group, adopt=True)
+    assert second == {"runs": 1} and list(second.refused) == [group.resolve() / "runs" / "new" / "runs-evil.parquet"]
+    assert sorted(query(group, "SELECT run_id FROM runs")["run_id"]) == ["new", "old"]

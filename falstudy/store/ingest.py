@@ -96,7 +96,8 @@ def _trusted(found: dict[str, list[Path]]) -> tuple[dict[str, list[Path]], dict[
     return {t: files for t, files in kept.items() if files}, refused
 
 
-def ingest(results_dir: str | Path, *, wait_s: float = 10.0, lock_timeout_s: float = 600.0) -> Ingested:
+def ingest(results_dir: str | Path, *, wait_s: float = 10.0, lock_timeout_s: float = 600.0,
+           adopt: bool = False) -> Ingested:
     """Load new or changed spool files of a results group into its DuckDB file.
 
     Returns the rows loaded per table (tables with no new or changed files are left out, so a
@@ -105,7 +106,8 @@ def ingest(results_dir: str | Path, *, wait_s: float = 10.0, lock_timeout_s: flo
     warned about, and listed in the result's ``refused`` (path -> why); rows loaded from a file
     before it was tampered with are removed.
     ``wait_s``: how long to wait for a DB held by another process; ``lock_timeout_s``: for
-    another ingest of the same group to finish.
+    another ingest of the same group to finish. ``adopt``: first trust the files of spool folders
+    that have no manifest at all (written by a falstudy from before manifests).
     """
     import duckdb
 
@@ -119,6 +121,10 @@ def ingest(results_dir: str | Path, *, wait_s: float = 10.0, lock_timeout_s: flo
         try:
             for attempt in range(2):
                 found, skipped = scan(root)  # after taking the lock: files may have come while waiting
+                if adopt:
+                    from falstudy.store.manifest import adopt as adopt_files
+
+                    adopt_files([p for files in found.values() for p in files])
                 found, refused = _trusted(found)
                 try:
                     added = _sync(con, root, found)

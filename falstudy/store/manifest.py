@@ -70,7 +70,10 @@ def untrusted(files: list[Path]) -> dict[Path, str]:
             for path in paths:
                 want = listed.get(path.name)
                 if want is None:
-                    refused[path] = f"not listed in {folder / MANIFEST} (falstudy did not write it)"
+                    refused[path] = (f"not listed in {folder / MANIFEST} (falstudy did not write it)"
+                                     if (folder / MANIFEST).exists() else
+                                     f"{folder} has no {MANIFEST} (written by falstudy before 0.2? "
+                                     "`falstudy ingest --adopt` trusts such folders)")
                     continue
                 try:
                     if digest(path) != want:
@@ -78,3 +81,21 @@ def untrusted(files: list[Path]) -> dict[Path, str]:
                 except FileNotFoundError:
                     pass  # deleted since the scan: the ingester treats it as gone
     return refused
+
+
+def adopt(files: list[Path]) -> list[Path]:
+    """Record, in folders that have no manifest at all (spool written by a falstudy from before
+    manifests), every given file as it is now; returns the files adopted. Folders with a
+    manifest are left alone: their unlisted files stay refused."""
+    adopted = []
+    by_folder: dict[Path, list[Path]] = {}
+    for path in files:
+        by_folder.setdefault(path.parent, []).append(path)
+    for folder, paths in by_folder.items():
+        with folder_lock(folder):
+            if (folder / MANIFEST).exists():
+                continue
+            for path in paths:
+                record(path, digest(path))
+                adopted.append(path)
+    return adopted
