@@ -315,7 +315,8 @@ def _size_claim(runs, gaps: dict[str, dict[int, float]], rows: list) -> None:
     if len(sizes) < 2:
         return
     compute = runs.groupby("size")["compute"].first()
-    small, large = sorted(sizes, key=lambda s: compute[s])[:1][0], sorted(sizes, key=lambda s: compute[s])[-1]
+    by_compute = sorted(sizes, key=lambda s: compute[s])
+    small, large = by_compute[0], by_compute[-1]
     ratio = compute[large] / compute[small]
     rows.append(_row("fal_gap_vs_size", "fal vs baseline", f"{large} vs {small}",
                      list(gaps[large].values()), f"larger size: {ratio:.1f}× the training compute",
