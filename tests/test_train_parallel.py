@@ -125,7 +125,7 @@ def test_bench_tp_measures_and_predicts_side_by_side(tmp_path):
     files the notebooks plot (one tiny round: a smoke test, not a timing)."""
     import pandas as pd
 
-    proc = subprocess.run([*FALSTUDY, "bench", "tp", "--rounds", "1", "--steps", "1", "--shapes", "comm-heavy",
+    proc = subprocess.run([*FALSTUDY, "bench", "tp", "--rounds", "1", "--steps", "1", "--shape", "comm-heavy",
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "/base meas" in proc.stdout and "projection" in proc.stdout
