@@ -240,19 +240,19 @@ def _probe_claims(groups, runs, rows: list, missing: list) -> None:
             sub = sub[sub["metric"] == metric]
         return _first_vs_rest(sub, log=True) if len(sub) else None
 
-    def primacy(sub):
-        # on fal models a_0 also makes N_f(a_0): remove it from the stream only, like the baseline
-        metric = "zero_stream.delta_loss" if (sub["metric"] == "zero_stream.delta_loss").any() else "zero.delta_loss"
-        return _first_vs_rest(sub[sub["metric"] == metric], log=False)
+    def primacy(metric: str):
+        return lambda sub: _first_vs_rest(sub[sub["metric"] == metric], log=False)
 
     bypass_m = lambda s: _metric(s, "bypass_rest.delta_loss")  # noqa: E731
-    zero_rest = {r: v for r, v in _per_run(removal, lambda s: _metric(s, "zero_rest.delta_loss")).items()}
+    zero_rest = _per_run(removal, lambda s: _metric(s, "zero_rest.delta_loss"))
     specs = [
         ("cka", [PROBE_VARIANT], _per_run(cka, cka_gap), "cka"),
         ("grad_raw", [PROBE_VARIANT], _per_run(grads, lambda s: grad_metric(s, False)), "grads"),
         ("grad_scale_free", [PROBE_VARIANT], _per_run(grads, lambda s: grad_metric(s, True)),
          "grads (with grad_x_act)"),
-        ("primacy", [PROBE_VARIANT, "fal"], _per_run(removal, primacy), "attn_removal"),
+        ("primacy", [PROBE_VARIANT], _per_run(removal, primacy("zero.delta_loss")), "attn_removal"),
+        # on fal a_0 also makes N_f(a_0): remove it from the stream only, the baseline's intervention
+        ("primacy", ["fal"], _per_run(removal, primacy("zero_stream.delta_loss")), "attn_removal (zero_stream)"),
         ("bypass_lt_removal", [PROBE_VARIANT],
          {r: v - zero_rest[r] for r, v in _per_run(bypass, bypass_m).items() if r in zero_rest},
          "bypass and attn_removal (bypass_rest, zero_rest)"),
@@ -264,7 +264,6 @@ def _probe_claims(groups, runs, rows: list, missing: list) -> None:
     notes = {
         "grad_raw": "the stream entering block 0 is far smaller than later ones and a norm's Jacobian scales as "
                     "1/σ: compare the scale-free row",
-        "primacy": "",
         "substitute_ln_plus_norm": "at inference on a baseline, which never learned to read N(a_0); the trained "
                                    "counterpart is fal_lt_parallel",
         "substitute_ln_sum": "at inference on a baseline; the trained counterpart is fal_lt_parallel",
