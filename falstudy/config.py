@@ -1,7 +1,7 @@
 """Configs a user writes: model wiring, training recipe, data, and a whole run.
 
 Every unconfirmed detail of the FAL paper is a switch here, with the most likely reading as the
-default (see ../shared/PAPER.md); every run records the resolved values of all of them.
+default (see docs/study.md); every run records the resolved values of all of them.
 
 Layer indices are 0-based everywhere: layer 0 is the paper's block 1.
 """

@@ -1,4 +1,4 @@
-"""Each wiring against a hand-written computation of its equations (PAPER.md), plus the
+"""Each wiring against a hand-written computation of its equations (docs/study.md), plus the
 structural claims: which MLPs depend on their own block's MHA, and parameter counts."""
 
 import pytest

@@ -57,7 +57,7 @@ def test_independent_gaussians_score_near_zero(seed):
 
 
 def test_biased_cka_is_high_on_independent_data_which_is_why_we_debias():
-    # PAPER.md: plain CKA ~0.9 for two independent 768-wide representations at 64 samples
+    # docs/study.md: plain CKA ~0.9 for two independent 768-wide representations at 64 samples
     x, y = gaussians(64, 768, seed=3)
     assert cka_biased(x, y) > 0.85
     assert abs(cka(x, y)) < 0.15

@@ -1,6 +1,6 @@
 """One GPT whose block wiring is chosen by config.
 
-Notation (PAPER.md): ``x`` is the residual stream entering a block, ``a`` the block's attention
+Notation (docs/study.md): ``x`` is the residual stream entering a block, ``a`` the block's attention
 (MHA) output, ``m`` its MLP output, ``s`` the substitute signal made from the source block's
 attention output (``N_f(a_1)`` in the paper; layer 0 here).
 
@@ -10,7 +10,7 @@ attention output (``N_f(a_1)`` in the paper; layer 0 here).
     fal_plus   h = x + a(LN1 x);            x' = h + m(LN2(h + s))     (F+2; F+1 and F+3 too)
     no_attn    x' = x + m(LN2 x)            no_mlp   x' = x + a(LN1 x)
 
-Related wirings, orthogonal to the above (config switches; PAPER.md "Related variants"):
+Related wirings, orthogonal to the above (config switches; docs/study.md):
 ``norm_placement="post"`` (sublayers read x, the stream is normalised after each residual add),
 ``residual_gates`` (a learned scalar on each residual update), ``value_residual`` (later
 attentions use lambda v_i + (1 - lambda) v_first), ``dense_dwa`` (DenseFormer: after block i the

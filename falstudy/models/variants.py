@@ -31,7 +31,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "llama_parallel": {"wiring": "parallel", **LLAMA_BLOCK},
     "llama_fal": {"wiring": "fal", **LLAMA_BLOCK},
     "llama_fal_plus": {"wiring": "fal_plus", **LLAMA_BLOCK},
-    # related wirings (PAPER.md); each is a switch, so it combines with any wiring via --set
+    # related wirings (docs/study.md); each is a switch, so it combines with any wiring via --set
     # untied: with tied embeddings a post-LN GPT sat at the unigram loss here (the norm right after
     # the embedding scales the shared matrix's input-side gradient up ~1/std = 50x over the output side)
     "post_ln": {"wiring": "baseline", "norm_placement": "post", "tie_weights": False},
