@@ -111,8 +111,9 @@ def power(effect: float, sd: float, n: int, two_sample: bool = False) -> float:
     else:
         df, nc = n - 1, abs(effect) / (sd / math.sqrt(n))
     crit = stats.t.ppf(1 - ALPHA / 2, df)
-    value = float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
-    return 1.0 if math.isnan(value) else value  # scipy's nct gives up only far out in the tail
+    # both tails as upper tails: P(T < -crit) = P(-T > crit), and -T is non-central t with -nc
+    # (scipy's nct.cdf returns NaN far out in the lower tail at small df)
+    return float(stats.nct.sf(crit, df, nc) + stats.nct.sf(crit, df, -nc))
 
 
 def seeds_needed(effect: float, sd: float, two_sample: bool = False) -> int | None:

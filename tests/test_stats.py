@@ -76,3 +76,12 @@ def test_resolvable_effect_has_the_target_power():
 def test_holm_adjustment():
     assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert stats.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_power_is_exact_and_monotone_at_two_pairs():
+    # df = 1 is where scipy's lower-tail non-central t gives up; the power must not jump to 1
+    assert stats.power(5.4, 1.0, 2) == pytest.approx(0.4509, abs=1e-3)
+    grid = [stats.power(e, 1.0, 2) for e in (1, 2, 4, 5.4, 8, 10, 16, 20)]
+    assert grid == sorted(grid) and grid[-1] < 1
+    assert stats.resolvable(1.0, 2) == pytest.approx(11.55, abs=0.01)
+    assert stats.power(6.0, 1.0, stats.seeds_needed(6.0, 1.0)) >= stats.POWER

@@ -156,6 +156,19 @@ def test_groups_that_reuse_run_ids_keep_their_own_probes(tmp_path):
     assert sorted(cka.values()) == [pytest.approx(0.5 + sum(NOISE[:3]) / 3), pytest.approx(0.9 + sum(NOISE[:3]) / 3)]
 
 
+def test_pairs_share_the_learning_rate_as_well_as_the_seed(tmp_path):
+    group = tmp_path / "results" / "lr"
+    for s in range(3):
+        for variant, lr, loss in (("baseline", 1e-2, 2.0), ("fal", 1e-2, 1.9 + NOISE[s]), ("fal", 3e-3, 2.5)):
+            run_id = f"{variant}-lr{lr}-s{s}"
+            RunSpool(group / "runs" / run_id).write_table("runs", [{
+                "run_id": run_id, "name": "lr", "status": "completed", "variant": variant, "seed": s, "lr": lr,
+                "final_val_loss": loss, "ended_at": f"2026-12-01T00:00:0{s}+00:00", **SIZE}])
+    ingest(group)
+    (row_,) = [r for r in verdicts.compute([group]).rows if r.claim == "fal_le_baseline"]
+    assert row_.n == 3 and row_.effect == pytest.approx(-0.1 + sum(NOISE[:3]) / 3)  # the lr 3e-3 runs pair with none
+
+
 def test_one_seed_names_what_is_missing(tmp_path):
     group = _group(tmp_path, "one", seeds=1, probes=False)
     with pytest.raises(FalstudyError) as err:

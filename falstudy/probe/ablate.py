@@ -94,8 +94,9 @@ def attention_removal(
     for mode in modes:
         for scheme in schemes:
             if scheme == "rest":
-                if len(layers) > 1:
-                    conditions[(f"{mode}_rest", layers[1])] = (mode, layers[1:], False)
+                rest = [i for i in layers if i > 0]
+                if rest and rest != layers:  # only where layer 0 has attention to leave alone
+                    conditions[(f"{mode}_rest", rest[0])] = (mode, rest, False)
                 continue
             for k, i in enumerate(layers):
                 if scheme == "single":

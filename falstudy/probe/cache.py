@@ -31,6 +31,15 @@ def run_with_cache(model, tokens: torch.Tensor, names: Iterable[str] | None = No
         wanted = [S.parse_site(name, n_layer) for name in names]
     plan = S.make_plan(S.forward_order(model), wanted)
     nm = S.wrap(model)
+    was_training = model.training
+    model.eval()  # no dropout in what is cached; the caller's mode is restored below
+    try:
+        return _trace(nm, idx, plan, wanted)
+    finally:
+        model.train(was_training)
+
+
+def _trace(nm, idx, plan, wanted):
     with torch.no_grad():
         with nm.trace(idx):
             env = S._save({})

@@ -96,12 +96,15 @@ def seeds_text(n: Any) -> str:
 
 
 def probe_rows(res: Results, probe: str, metrics: Iterable[str] | None = None,
-               sites: Iterable[str] | None = None) -> "pandas.DataFrame":
+               sites: Iterable[str] | None = None, checkpoint_only: bool = False) -> "pandas.DataFrame":
     """Rows of one probe at each run's latest probed step, with the run's variant and seed.
+    ``checkpoint_only``: leave out the trainer's hook rows before choosing the latest step.
 
     Raises ``MissingTable`` naming the command that produces them when there are none."""
     res.require("probes")
     clauses, params = ["probe = ?"], [probe]
+    if checkpoint_only:
+        clauses.append("coalesce(_file, '') NOT LIKE '%hook%'")
     for column, values in (("metric", metrics), ("site", sites)):
         if values is not None:
             values = list(values)

@@ -37,7 +37,10 @@ from falstudy.store.readonly import MissingTable, Results
 if TYPE_CHECKING:
     import pandas
 
+# claims are tested within one size (shape and budget; with several groups, one group); a pair
+# is two runs of one seed and one learning rate
 SIZE_KEYS = ["n_layer", "n_embd", "n_head", "steps", "batch_size", "seq_len"]
+PAIR = ["seed", "lr"]
 PROBE_VARIANT = "baseline"  # the model the paper's motivating analyses are run on
 
 
@@ -126,9 +129,10 @@ class VerdictReport:
 
 
 # -- reading the groups ---------------------------------------------------------------------------
-def _size_label(row) -> str:
-    return (f"{int(row.n_layer)}L×{int(row.n_embd)}d×{int(row.n_head)}h, {int(row.steps)} steps of "
-            f"{int(row.batch_size)}×{int(row.seq_len)} tokens")
+def _size_label(row, group: str | None = None) -> str:
+    label = (f"{int(row.n_layer)}L×{int(row.n_embd)}d×{int(row.n_head)}h, {int(row.steps)} steps of "
+             f"{int(row.batch_size)}×{int(row.seq_len)} tokens")
+    return f"{label} ({Path(group).name})" if group else label
 
 
 def _runs(groups: Sequence[Results]) -> "pandas.DataFrame":
@@ -137,21 +141,23 @@ def _runs(groups: Sequence[Results]) -> "pandas.DataFrame":
     frames = []
     for res in groups:
         res.require("runs")
-        df = res.sql("SELECT run_id, coalesce(variant, wiring) AS variant, seed, status, final_val_loss, "
+        df = res.sql("SELECT run_id, coalesce(variant, wiring) AS variant, seed, lr, status, final_val_loss, "
                      f"{', '.join(SIZE_KEYS)}, ended_at FROM runs")
         df["group"] = str(res.root)
         frames.append(df)
     runs = pd.concat(frames, ignore_index=True)
     runs = runs[runs["status"] == "completed"].copy()
     runs["key"] = runs["group"] + "/" + runs["run_id"]  # run ids are unique within a group only
-    runs["size"] = [_size_label(r) for r in runs.itertuples()] if len(runs) else []
+    runs["lr"] = runs["lr"].fillna(-1.0)  # unknown (rows written by hand): pairs by seed alone
+    several = len(groups) > 1  # runs of two groups are never paired: the group joins the label
+    runs["size"] = [_size_label(r, r.group if several else None) for r in runs.itertuples()] if len(runs) else []
     runs["compute"] = runs["n_layer"] * runs["n_embd"] ** 2 * runs["steps"] * runs["batch_size"] * runs["seq_len"]
     return runs.sort_values("ended_at")
 
 
 def _one_per_seed(runs: "pandas.DataFrame") -> "pandas.DataFrame":
-    """A rerun of one (size, variant, seed) counts once: its latest completed run."""
-    return runs.drop_duplicates(["size", "variant", "seed"], keep="last")
+    """A rerun of one (size, variant, seed, lr) counts once: its latest completed run."""
+    return runs.drop_duplicates(["size", "variant", *PAIR], keep="last")
 
 
 def _probes(groups: Sequence[Results], probe: str, metrics: list[str], sites: list[str]) -> "pandas.DataFrame":
@@ -160,15 +166,14 @@ def _probes(groups: Sequence[Results], probe: str, metrics: list[str], sites: li
     frames = []
     for res in groups:
         try:
-            rows = probe_rows(res, probe, metrics=metrics, sites=sites)
+            rows = probe_rows(res, probe, metrics=metrics, sites=sites, checkpoint_only=True)
             frames.append(rows.assign(key=f"{res.root}/" + rows["run_id"]))
         except MissingTable:
             continue
     if not frames:
         return pd.DataFrame(columns=["variant", "seed", "run_id", "key", "site", "layer", "layer_b", "metric", "value",
                                      "_file"])
-    df = pd.concat(frames, ignore_index=True)
-    return df[~df["_file"].fillna("").str.contains("hook")]  # the checkpoint probe, not the trainer's hook
+    return pd.concat(frames, ignore_index=True)
 
 
 # -- tests --------------------------------------------------------------------------------------
@@ -286,17 +291,17 @@ def _probe_claims(groups, runs, rows: list, missing: list) -> None:
                                f"of one size, found {found}")
 
 
-def _trained_claims(runs, rows: list, missing: list) -> dict[str, dict[int, float]]:
+def _trained_claims(runs, rows: list, missing: list) -> dict[str, dict[tuple, float]]:
     """The seed-paired loss differences; returns, per size, fal - baseline by seed (for the size row)."""
-    gaps: dict[str, dict[int, float]] = {}
+    gaps: dict[str, dict[tuple, float]] = {}
     runs = _one_per_seed(runs[runs["final_val_loss"].notna() & (runs["final_val_loss"].abs() != float("inf"))])
     for claim_id, (a, b) in TRAINED.items():
         tested = False
         for size, sub in runs.groupby("size"):
-            la = sub[sub["variant"] == a].set_index("seed")["final_val_loss"]
-            lb = sub[sub["variant"] == b].set_index("seed")["final_val_loss"]
-            seeds = sorted(set(la.index) & set(lb.index))
-            diffs = {int(s): float(la[s] - lb[s]) for s in seeds}
+            la = sub[sub["variant"] == a].set_index(PAIR)["final_val_loss"]
+            lb = sub[sub["variant"] == b].set_index(PAIR)["final_val_loss"]
+            pairs = sorted(set(la.index) & set(lb.index))  # same seed and learning rate
+            diffs = {pair: float(la[pair] - lb[pair]) for pair in pairs}
             if claim_id == "fal_le_baseline":
                 gaps[size] = diffs
             if len(diffs) >= 2:
@@ -309,7 +314,7 @@ def _trained_claims(runs, rows: list, missing: list) -> dict[str, dict[int, floa
     return gaps
 
 
-def _size_claim(runs, gaps: dict[str, dict[int, float]], rows: list) -> None:
+def _size_claim(runs, gaps: dict[str, dict[tuple, float]], rows: list) -> None:
     sizes = [s for s, d in gaps.items() if len(d) >= 2]
     if len(sizes) < 2:
         return
