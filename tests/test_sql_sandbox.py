@@ -138,7 +138,9 @@ def test_injected_spool_files_are_refused_by_path(sandbox, capsys):
     assert code == 2 and out.strip() == "nothing new"
     lines = err.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith("falstudy: error: ") for line in lines)
-    assert any(str(evil_run.resolve()) in line and "not listed" in line for line in lines)
+    # a new folder has no manifest at all: refused too, and the line says how old results are adopted
+    assert any(str(evil_run.resolve()) in line and "has no .manifest.json" in line and "--adopt" in line
+               for line in lines)
     assert any(str(evil_chunk.resolve()) in line and "not listed" in line for line in lines)
     assert hashlib.sha256((group / "falstudy.duckdb").read_bytes()).hexdigest() == db_before
     assert query(group, "SELECT count(*) AS n FROM runs").n[0] == 1

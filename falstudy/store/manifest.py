@@ -72,8 +72,8 @@ def untrusted(files: list[Path]) -> dict[Path, str]:
                 if want is None:
                     refused[path] = (f"not listed in {folder / MANIFEST} (falstudy did not write it)"
                                      if (folder / MANIFEST).exists() else
-                                     f"{folder} has no {MANIFEST} (written by falstudy before 0.2? "
-                                     "`falstudy ingest --adopt` trusts such folders)")
+                                     f"{folder} has no {MANIFEST}: not written by this falstudy (if an older one "
+                                     "wrote it, `falstudy ingest --adopt` trusts such folders)")
                     continue
                 try:
                     if digest(path) != want:
