@@ -379,3 +379,19 @@ def test_importance_is_not_drawn_for_a_single_searched_parameter(tmp_path):
     export_trials(study, group)
     with pytest.raises(MissingTable, match="only variant was searched, so its importance is 1 by construction"):
         variants.importance_data(Results(group))
+
+
+def test_seed_stats_counts_a_rerun_seed_once():
+    import pandas as pd
+
+    from falstudy.report.common import seed_stats
+
+    # baseline: seeds 0, 1 and a rerun of seed 1; fal: two runs without a seed column value
+    df = pd.DataFrame({"variant": ["baseline"] * 3 + ["fal"] * 2, "seed": [0, 1, 1, None, None],
+                       "value": [1.0, 2.0, 4.0, 3.0, 5.0]})
+    out = seed_stats(df, ["variant"]).set_index("variant")
+    assert out.loc["baseline", "count"] == 3 and out.loc["baseline", "seeds"] == 2
+    assert out.loc["baseline", "mean"] == pytest.approx(7 / 3)
+    assert out.loc["fal", "seeds"] == 2  # rows without a seed count one each
+    no_seed = seed_stats(df.drop(columns="seed"), ["variant"]).set_index("variant")
+    assert no_seed.loc["fal", "seeds"] == no_seed.loc["fal", "count"] == 2

@@ -83,10 +83,18 @@ def add_note(fig: "Figure", text: str) -> None:
 
 
 def seed_stats(df: "pandas.DataFrame", keys: list[str], value: str = "value") -> "pandas.DataFrame":
-    """Mean, sample standard deviation (0 for one seed), min, max and count over runs."""
+    """Mean, sample standard deviation (0 for one seed), min, max and count over runs, and
+    ``seeds``: the distinct seeds among them (a rerun of a seed is one seed; ``count`` when the
+    rows carry no seed; a row without one counts as its own seed), which is what a figure's
+    "N seeds" label means."""
     g = df.groupby(keys, dropna=False)[value]
     out = g.agg(["mean", "std", "min", "max", "count"]).reset_index()
     out["std"] = out["std"].fillna(0.0)
+    if "seed" in df.columns:
+        seeds = df.groupby(keys, dropna=False)["seed"].agg(lambda s: s.nunique() + s.isna().sum())
+        out = out.merge(seeds.rename("seeds").reset_index(), on=keys, how="left")
+    else:
+        out["seeds"] = out["count"]
     return out
 
 

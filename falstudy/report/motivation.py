@@ -57,7 +57,7 @@ def cka_figure(res: Results, variants: Iterable[str] | None = FOCUS) -> "Figure"
             image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis", origin="upper")
             ax.grid(False)
             title, ylabel, xlabel = CKA_FAMILIES[family]
-            n = int(sub["count"].max()) if len(sub) else 0
+            n = int(sub["seeds"].max()) if len(sub) else 0
             ax.set_title(f"{variant}: {title}\n({seeds_text(n)})" if n else f"{variant}: {title}\n(no rows)")
             ax.set_xlabel(xlabel)
             ax.set_ylabel(ylabel)
@@ -132,7 +132,7 @@ def grads_figure(res: Results, variants: Iterable[str] | None = FOCUS) -> "Figur
             # a log axis keeps the later layers readable beside layer 0; error bars clipped at the floor
             low = (sub["mean"] - sub["std"]).clip(lower=sub["mean"] * 0.05)
             ax.errorbar(sub["layer"], sub["mean"], yerr=[sub["mean"] - low, sub["std"]], marker="o", capsize=3,
-                        color=color(variant), label=f"{variant} ({seeds_text(sub['count'].max())})")
+                        color=color(variant), label=f"{variant} ({seeds_text(sub['seeds'].max())})")
         ax.set_yscale("log")
         ax.set_xticks(sorted(sub_all["layer"].unique()))
         ax.set_xlabel("layer i (0-based)")
@@ -212,7 +212,7 @@ def primacy_figure(res: Results, variants: Iterable[str] | None = FOCUS) -> "Fig
     for ax, mode in zip(axes, modes):
         raw = df[df["mode"] == mode]
         stats = seed_stats(raw, ["series", "group"])
-        counts = stats.groupby("series")["count"].max()
+        counts = stats.groupby("series")["seeds"].max()
         labels = {v: f"{v} ({seeds_text(counts.get(v, 0))})" for v in series}
         _grouped_bars(ax, stats, layers, series, labels, colors, raw, key="series")
         ax.set_xticklabels([str(g) for g in layers])
@@ -296,7 +296,7 @@ def bypass_figure(res: Results, variants: Iterable[str] | None = FOCUS) -> "Figu
         names = {"≥1": "layers\n≥ 1", "all": "all\nlayers"}
         ax.set_xticklabels([names.get(g, f"layer {g}") for g in groups])
         ax.set_xlabel("MLP(s) whose input is rewritten")
-        n = int(stats["count"].max()) if len(stats) else 0
+        n = int(stats["seeds"].max()) if len(stats) else 0
         ax.set_title(f"{variant} ({seeds_text(n)})")
     axes[0].set_ylabel(f"Δ validation loss ({LOSS_UNIT})")
     axes[0].legend(loc="upper left", title="MLP input at inference")

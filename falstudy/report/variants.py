@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from falstudy.report.common import add_note, color, figure, order, palette, runs_table, seeds_text
+from falstudy.report.common import add_note, color, figure, order, palette, runs_table, seed_stats, seeds_text
 from falstudy.store.readonly import MissingTable, Results
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ def curves_data(res: Results) -> "pandas.DataFrame":
     """Per variant, split and step: mean, min and max of the loss over runs (seeds)."""
     res.require("runs", "metrics")
     df = res.sql("""
-        SELECT coalesce(r.variant, r.wiring, r.run_id) AS variant, r.status, m.run_id, m.step, m.split, m.value
+        SELECT coalesce(r.variant, r.wiring, r.run_id) AS variant, r.status, r.seed, m.run_id, m.step, m.split, m.value
         FROM metrics m JOIN runs r USING (run_id)
         WHERE m.name = 'loss' AND m.split IN ('train', 'val') AND isfinite(m.value)
         ORDER BY variant, m.run_id, m.split, m.step""")
@@ -45,8 +45,7 @@ def curves_data(res: Results) -> "pandas.DataFrame":
         raise MissingTable("loss curves", "no 'loss' rows in metrics for any run; train with eval_interval > 0")
     done = df[df["status"] == "completed"]
     df = done if len(done) else df
-    out = df.groupby(["variant", "split", "step"])["value"].agg(["mean", "min", "max", "count"]).reset_index()
-    return out
+    return seed_stats(df, ["variant", "split", "step"])
 
 
 def curves_figure(res: Results) -> "Figure":
@@ -59,7 +58,7 @@ def curves_figure(res: Results) -> "Figure":
         sub = data[data["split"] == split]
         for variant in order(sub["variant"].unique()):
             v = sub[sub["variant"] == variant].sort_values("step")
-            n = int(v["count"].max())
+            n = int(v["seeds"].max())
             ax.plot(v["step"], v["mean"], color=color(variant), label=f"{variant} ({seeds_text(n)})", linewidth=1.6)
             if n > 1:
                 ax.fill_between(v["step"], v["min"], v["max"], color=color(variant), alpha=0.2, linewidth=0)
