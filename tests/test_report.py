@@ -395,3 +395,18 @@ def test_seed_stats_counts_a_rerun_seed_once():
     assert out.loc["fal", "seeds"] == 2  # rows without a seed count one each
     no_seed = seed_stats(df.drop(columns="seed"), ["variant"]).set_index("variant")
     assert no_seed.loc["fal", "seeds"] == no_seed.loc["fal", "count"] == 2
+
+
+def test_grads_figure_without_a_checkpoint_probe_says_it_shows_the_trainers_hook(full, monkeypatch):
+    from falstudy.report import common, motivation
+
+    def hook_rows_only(res, probe, **kw):
+        df = common.probe_rows(res, probe, **kw)
+        return df[df["_file"].fillna("").str.contains("hook")]
+
+    assert motivation.grads_data(full)["source"].eq("checkpoint").all()
+    monkeypatch.setattr(motivation, "probe_rows", hook_rows_only)
+    data = motivation.grads_data(full)
+    assert len(data) and data["source"].eq("hook").all()
+    notes = " ".join(t.get_text() for t in motivation.grads_figure(full).texts)
+    assert "training batch" in notes and "validation batches" not in notes

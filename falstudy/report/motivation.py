@@ -99,6 +99,7 @@ def grads_data(res: Results, variants: Iterable[str] | None = FOCUS) -> "pandas.
     df["measure"] = df["metric"].where(df["metric"] == "grad_x_act", "raw")
     out = seed_stats(df, ["variant", "measure", "layer"])
     out["metric"] = [raw if m == "raw" else m for m in out["measure"]]
+    out["source"] = "checkpoint" if len(probed) else "hook"  # the caption says which
     return out
 
 
@@ -161,7 +162,9 @@ def grads_figure(res: Results, variants: Iterable[str] | None = FOCUS) -> "Figur
         ax.set_ylabel(f"{GRAD_PANELS['raw'][1]} (log scale)")
         ax.set_title("Raw, during training (trainer's hook)")
     fig.suptitle("Gradient magnitude at each layer's MHA output a_i")
-    add_note(fig, "End of training, on validation batches; bars ±1 sd over seeds. Caveat: the stream entering "
+    where = ("End of training, on validation batches" if (data["source"] == "checkpoint").all() else
+             "At each run's last hooked step, on that training batch (no checkpoint probe was run)")
+    add_note(fig, f"{where}; bars ±1 sd over seeds. Caveat: the stream entering "
                   "block 0 is much smaller than later ones, and a norm's Jacobian scales as 1/scale, so the raw "
                   "gradient at layer 0 is large partly for that reason; the scale-free measure (the first-order "
                   "loss change from removing a_i) does not have this confound.")
