@@ -39,6 +39,9 @@ PINS = {  # recorded on main (1b3c810) unless noted
     'value_residual': {'sum': 8.77335679742464, 'first': 0.13112872838974, 'mid': 0.05574809014797211, 'last': 0.03278246894478798, 'loss': 3.396669626235962, 'counted': [6, 6], 'fwd': 6, 'bwd': 6, 'blocks': [[2, 2], [2, 2], [2, 2]], 'stack': 0, 'keys': '2b39c9b83e742cba'},
     'fal_value_residual': {'sum': 7.508237592675869, 'first': -0.048752207309007645, 'mid': 0.005062594078481197, 'last': -0.029404878616333008, 'loss': 3.3972890377044678, 'counted': [4, 5], 'fwd': 4, 'bwd': 5, 'blocks': [[2, 2], [1, 1], [1, 1]], 'stack': 1, 'keys': 'd7507767980fa7eb'},
     'denseformer': {'sum': 3.083037442735076, 'first': 0.0625569149851799, 'mid': 0.0461968258023262, 'last': -0.05554499477148056, 'loss': 3.3558406829833984, 'counted': [6, 6], 'fwd': 6, 'bwd': 6, 'blocks': [[2, 2], [2, 2], [2, 2]], 'stack': 0, 'keys': '9481b8412de7c03f'},
+    # recorded from the first ladder version (same parameters and counts as baseline / fal)
+    'ladder': {'sum': 8.978984607645543, 'first': 0.13940496742725372, 'mid': 0.0520707443356514, 'last': 0.026015225797891617, 'loss': 3.3988776206970215, 'counted': [6, 6], 'fwd': 6, 'bwd': 6, 'blocks': [[2, 2], [2, 2], [2, 2]], 'stack': 0, 'keys': '2b39c9b83e742cba'},
+    'fal_ladder': {'sum': 7.733186202734942, 'first': -0.03976765647530556, 'mid': -0.0022261664271354675, 'last': -0.0306566022336483, 'loss': 3.4009084701538086, 'counted': [4, 5], 'fwd': 4, 'bwd': 5, 'blocks': [[2, 2], [1, 1], [1, 1]], 'stack': 1, 'keys': 'd7507767980fa7eb'},
 }
 
 
@@ -80,7 +83,7 @@ class Counting:
         return x
 
     def g_start(self, x):
-        from falstudy.models.wiring import Ready
+        from falstudy.models.gpt import Ready
 
         return Ready(self.g(x))
 

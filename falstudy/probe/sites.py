@@ -266,9 +266,8 @@ def mlp_norm(block: nn.Module) -> nn.Module | None:
     """The norm whose output the block's MLP reads: its own ln_2, or ln_1 when shared. Under
     post-LN (``norm_placement="post"``) a baseline-form MLP reads ln_1(x + a), the norm after
     attention's add, and a parallel-form MLP reads the stream itself (None: no norm)."""
-    if getattr(block, "post", False):
-        return block.ln_1 if block.role in ("baseline", "fal_plus") else None
-    return block.ln_2 if block.ln_2 is not None else block.ln_1
+    name = block.plan.mlp_norm  # falstudy.models.wiring.BlockPlan
+    return getattr(block, name) if name is not None else None
 
 
 # --- token sampling -----------------------------------------------------------------------------
