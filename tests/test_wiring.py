@@ -123,3 +123,32 @@ def test_ladder_probe_sites(variant):
                                    c("blocks.2.resid_pre.output") + c("blocks.1.attn.output") + c("blocks.1.mlp.output"))
     final = c("blocks.2.resid_post.output") + c("blocks.2.mlp.output") + (c("blocks.2.attn.output") if variant == "fal_ladder" else 0)
     torch.testing.assert_close(c("ln_f.output"), model.ln_f(final))
+
+
+def test_the_docs_embed_the_site_catalogue():
+    from pathlib import Path
+
+    from falstudy.models import SITES
+    from falstudy.models.catalogue import CATALOGUE, markdown, readme_markdown
+
+    root = Path(__file__).resolve().parents[1]
+    assert markdown() in (root / "docs/probes.md").read_text(), \
+        "docs/probes.md is out of date: paste falstudy.models.catalogue.markdown()"
+    assert readme_markdown() in (root / "README.md").read_text(), \
+        "README.md is out of date: paste falstudy.models.catalogue.readme_markdown()"
+    assert list(SITES) == [s.name for s in CATALOGUE] and list(S.SITE_KINDS) == [s.kind for s in CATALOGUE]
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_catalogued_module_is_on_every_block(variant):
+    """Each site's module is an attribute of every block (None where the wiring has none), and
+    each one present is called in a forward pass (forward_order sees it)."""
+    from falstudy.models.catalogue import MODULES
+
+    model = tiny(variant)
+    order = S.forward_order(model)
+    for i, block in enumerate(model.blocks):
+        for mod in MODULES:
+            assert hasattr(block, mod)
+            if getattr(block, mod) is not None:
+                assert (f"blocks.{i}.{mod}", "output") in order, (i, mod)

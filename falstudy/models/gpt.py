@@ -9,6 +9,8 @@ attention output (``N_f(a_1)`` in the paper; layer 0 here).
     fal        x' = x + a(LN x) + m(LN x + s)          (form: ln_plus_nf | ln_sum | nf_only)
     fal_plus   h = x + a(LN1 x);            x' = h + m(LN2(h + s))     (F+2; F+1 and F+3 too)
     no_attn    x' = x + m(LN2 x)            no_mlp   x' = x + a(LN1 x)
+    ladder     (residual="ladder", on baseline or fal) each module reads the stream before the
+               previous module's output is added: a = a(LN1 x); h = x + m_prev; m = m(LN2 h); x' = h + a
 
 Related wirings, orthogonal to the above (config switches; docs/study.md):
 ``norm_placement="post"`` (sublayers read x, the stream is normalised after each residual add),
@@ -23,10 +25,14 @@ parallelism needs its two operators: ``comm.f`` (identity forward, all-reduce ba
 replicated tensor entering column-parallel linears, and ``comm.g`` (all-reduce forward, identity
 backward) on partial sums leaving row-parallel linears. On one device both are the identity;
 ``falstudy.parallel`` swaps ``comm`` for real ones. Parallel-form blocks (parallel, fal) add the
-MHA and MLP partial sums before a single ``g``: that is the all-reduce FAL saves.
+MHA and MLP partial sums before a single ``g``: that is the all-reduce FAL saves. Ladder blocks
+call ``comm.g_start`` instead of ``comm.g`` and ``.wait()`` one module later, where the result is
+first needed, so under TP the all-reduce can overlap that module's compute.
 
-Probe sites (stable names, the same for every wiring; see ``SITES``) are submodules, so nnsight
-addresses them as ``model.blocks[i].attn.output``, ``model.blocks[i].mlp.input`` and so on.
+Each block is built from its plan (falstudy.models.wiring.BlockPlan): which submodules exist,
+where f and g stand, which form its forward runs. Probe sites (falstudy.models.catalogue; the
+same names for every wiring) are submodules, so nnsight addresses them as
+``model.blocks[i].attn.output``, ``model.blocks[i].mlp.input`` and so on.
 """
 
 from __future__ import annotations
@@ -38,18 +44,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from falstudy.config import ModelConfig
+from falstudy.models.catalogue import CATALOGUE
 from falstudy.models.wiring import BlockPlan, block_plans, block_roles  # noqa: F401  (block_roles: re-exported)
 
-SITES: dict[str, str] = {
-    "blocks.{i}.resid_pre": "output: residual stream entering block i",
-    "blocks.{i}.attn": "output: MHA output a_i (after the output projection)",
-    "blocks.{i}.resid_mid": "output: x_i + a_i, the residual after attention (the paper's h)",
-    "blocks.{i}.mlp": "input: what the MLP reads; output: the MLP output m_i",
-    "blocks.{i}.resid_post": "output: block output x_{i+1}",
-    "blocks.{i}.fal_src": "output: substitute signal s made at the (last) source block (fal, fal_plus)",
-    "blocks.{i}.fal_in": "output: the substitute term block i's MLP (or stream) receives",
-    "ln_f": "output: final norm before the unembedding",
-}
+SITES: dict[str, str] = {s.name: s.meaning for s in CATALOGUE}  # the probe sites, by module path
 
 
 class Tap(nn.Identity):
