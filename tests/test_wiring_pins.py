@@ -9,11 +9,9 @@ import hashlib
 import pytest
 import torch
 
-from falstudy.config import RunConfig
-from falstudy.models import GPT, VARIANTS
+from falstudy.models import VARIANTS
 from falstudy.parallel.costmodel import allreduce_counts
-
-TINY = dict(n_layer=3, n_head=2, n_embd=16, block_size=8, vocab_size=37)
+from test_models import TINY, CountingComm, make  # noqa: E402  (tests/ is on sys.path)
 
 PINS = {  # recorded on main (1b3c810) unless noted
     'baseline': {'sum': 8.934950467119052, 'first': 0.13831637799739838, 'mid': 0.052583493292331696, 'last': 0.026654930785298347, 'loss': 3.3986170291900635, 'counted': [6, 6], 'fwd': 6, 'bwd': 6, 'blocks': [[2, 2], [2, 2], [2, 2]], 'stack': 0, 'keys': '2b39c9b83e742cba'},
@@ -45,49 +43,6 @@ PINS = {  # recorded on main (1b3c810) unless noted
 }
 
 
-def build(variant: str) -> GPT:
-    """As tests/test_models.py's make(): seed 0, then random affine norms, gates and DWA weights."""
-    torch.manual_seed(0)
-    model = GPT(RunConfig(variant=variant, model=TINY).model).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "ln" in name or "norm" in name or "gate" in name or "dwa" in name:
-                p.copy_(torch.randn_like(p) * 0.5 + (1.0 if name.endswith("weight") else 0.0))
-    return model
-
-
-class Counting:
-    """f and g as identities that count (g forward, f backward); g_start as a g that is ready."""
-
-    def __init__(self):
-        self.fwd = self.bwd = 0
-        counter = self
-
-        class F(torch.autograd.Function):
-            @staticmethod
-            def forward(ctx, x):
-                return x.view_as(x)
-
-            @staticmethod
-            def backward(ctx, grad):
-                counter.bwd += 1
-                return grad
-
-        self._f = F
-
-    def f(self, x):
-        return self._f.apply(x)
-
-    def g(self, x):
-        self.fwd += 1
-        return x
-
-    def g_start(self, x):
-        from falstudy.models.gpt import Ready
-
-        return Ready(self.g(x))
-
-
 def test_every_preset_is_pinned():
     assert sorted(PINS) == sorted(VARIANTS)
 
@@ -95,7 +50,7 @@ def test_every_preset_is_pinned():
 @pytest.mark.parametrize("variant", list(PINS))
 def test_preset_matches_its_pin(variant):
     pin = PINS[variant]
-    model = build(variant)
+    model = make(variant)  # seed 0, random affine norms, gates and DWA weights
     torch.manual_seed(1)
     idx = torch.randint(0, TINY["vocab_size"], (2, TINY["block_size"]))
     with torch.no_grad():
@@ -106,7 +61,7 @@ def test_preset_matches_its_pin(variant):
     keys = hashlib.sha1("\n".join(model.state_dict()).encode()).hexdigest()[:16]
     assert keys == pin["keys"]  # checkpoints keep loading
     model.train()
-    comm = Counting()
+    comm = CountingComm()
     for block in model.blocks:
         block.comm = comm
     model(idx, idx)[1].backward()
