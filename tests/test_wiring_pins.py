@@ -2,7 +2,8 @@
 all-reduces, cost-model counts and state-dict keys. The values were recorded from the code before
 the wiring refactor (issue 11; ladder and fal_ladder from their first version), so any drift in a
 wiring's numerics, its collectives or its checkpoint layout fails here. Re-record a pin only for a
-deliberate change of that preset, and say so in the commit."""
+deliberate change of that preset, and say so in the commit; a new preset's pin is printed by
+``PYTHONPATH=$PWD python tests/test_wiring_pins.py <preset>``."""
 
 import hashlib
 
@@ -43,29 +44,40 @@ PINS = {  # recorded on main (1b3c810) unless noted
 }
 
 
+def pin_of(variant: str) -> dict:
+    """What a pin records, measured now."""
+    model = make(variant)  # seed 0, random affine norms, gates and DWA weights
+    torch.manual_seed(1)
+    idx = torch.randint(0, TINY["vocab_size"], (2, TINY["block_size"]))
+    with torch.no_grad():
+        logits, loss = model(idx, idx)
+    model.train()
+    comm = CountingComm()
+    for block in model.blocks:
+        block.comm = comm
+    model(idx, idx)[1].backward()
+    counts = allreduce_counts(model.config)
+    return dict(sum=logits.double().sum().item(), first=logits[0, 0, 0].item(), mid=logits[1, 3, 5].item(),
+                last=logits[-1, -1, -1].item(), loss=loss.item(), counted=[comm.fwd, comm.bwd],
+                fwd=counts["fwd"], bwd=counts["bwd"], blocks=[list(b) for b in counts["blocks"]],
+                stack=counts["stack"], keys=hashlib.sha1("\n".join(model.state_dict()).encode()).hexdigest()[:16])
+
+
 def test_every_preset_is_pinned():
     assert sorted(PINS) == sorted(VARIANTS)
 
 
 @pytest.mark.parametrize("variant", list(PINS))
 def test_preset_matches_its_pin(variant):
-    pin = PINS[variant]
-    model = make(variant)  # seed 0, random affine norms, gates and DWA weights
-    torch.manual_seed(1)
-    idx = torch.randint(0, TINY["vocab_size"], (2, TINY["block_size"]))
-    with torch.no_grad():
-        logits, loss = model(idx, idx)
-    got = [logits.double().sum().item(), logits[0, 0, 0].item(), logits[1, 3, 5].item(), logits[-1, -1, -1].item()]
-    assert got == pytest.approx([pin["sum"], pin["first"], pin["mid"], pin["last"]], rel=0, abs=1e-6)
-    assert loss.item() == pytest.approx(pin["loss"], rel=0, abs=1e-6)
-    keys = hashlib.sha1("\n".join(model.state_dict()).encode()).hexdigest()[:16]
-    assert keys == pin["keys"]  # checkpoints keep loading
-    model.train()
-    comm = CountingComm()
-    for block in model.blocks:
-        block.comm = comm
-    model(idx, idx)[1].backward()
-    assert [comm.fwd, comm.bwd] == pin["counted"]
-    counts = allreduce_counts(model.config)
-    assert (counts["fwd"], counts["bwd"], counts["stack"]) == (pin["fwd"], pin["bwd"], pin["stack"])
-    assert [list(b) for b in counts["blocks"]] == pin["blocks"]
+    pin, got = PINS[variant], pin_of(variant)
+    values = ("sum", "first", "mid", "last", "loss")
+    assert [got[k] for k in values] == pytest.approx([pin[k] for k in values], rel=0, abs=1e-6)
+    assert got["keys"] == pin["keys"]  # the state-dict keys: checkpoints keep loading
+    assert {k: v for k, v in got.items() if k not in values} == {k: v for k, v in pin.items() if k not in values}
+
+
+if __name__ == "__main__":  # print a preset's pin, to add it to PINS: python tests/test_wiring_pins.py ladder
+    import sys
+
+    for name in sys.argv[1:]:
+        print(f"    {name!r}: {pin_of(name)!r},")
