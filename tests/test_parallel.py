@@ -511,6 +511,8 @@ def test_allreduce_counts_per_wiring():
     assert c(wiring="parallel") == (12, 12)
     assert c(wiring="fal") == (2 + 11, 2 + 11 + 1)
     assert c(wiring="fal_plus") == (24, 24)
+    assert c(wiring="baseline", residual="ladder") == c(wiring="baseline")  # ladder moves the adds, not the reduces
+    assert c(wiring="fal", residual="ladder") == c(wiring="fal")
 
 
 def test_cost_model_saving_grows_with_tp_and_comm_share():
@@ -532,7 +534,7 @@ def test_cost_model_saving_grows_with_tp_and_comm_share():
         costmodel.predict(shape, 8, 2, costmodel.loopback_preset(a, b, 2))
 
 
-@pytest.mark.parametrize("variant", ["parallel", "fal", "llama_fal"])
+@pytest.mark.parametrize("variant", ["parallel", "fal", "llama_fal", "fal_ladder"])
 def test_concurrent_branches_same_numerics(variant):
     from falstudy.parallel.concurrent import concurrent_branches
 

@@ -208,6 +208,13 @@ class MegatronComm:
     def g(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.world_size == 1 else _ReduceFromTP.apply(x, self)
 
+    def g_start(self, x: torch.Tensor):
+        """A g whose result is waited for later (ladder blocks). Synchronous for now: the
+        asynchronous all-reduce is the TP-overlap work's (parallel/comm.py on its branch)."""
+        from falstudy.models.gpt import Ready
+
+        return Ready(self.g(x))
+
     def __deepcopy__(self, memo: dict) -> "MegatronComm":  # process groups cannot be copied
         return self
 
