@@ -10,9 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from falstudy.errors import FalstudyError
-from falstudy.eval.pairs import accuracy, read_jsonl
-
-DELIMITER = " "
+from falstudy.eval.pairs import DELIMITER, accuracy, read_jsonl
 
 
 def read_choices(path: str | Path) -> list[dict]:

@@ -1,7 +1,9 @@
 """Minimal pairs: a grammatical sentence and a minimally different bad one (BLiMP's JSONL:
 ``{"sentence_good": ..., "sentence_bad": ...}`` per line); the model is right on a pair when it
 gives the good sentence at least the summed log-probability of the bad one (ties count as right,
-as lm-eval's argmax over [good, bad] does). Each sentence is scored after the separator.
+as lm-eval's argmax over [good, bad] does). Each sentence is scored as lm-eval's BLiMP tasks
+score it: the continuation ``" " + sentence`` of an empty context (so after the tokenizer's
+separator); the space costs both sentences the same, so it never changes a pair's outcome.
 
 ``wordswap_pairs`` builds a set offline from held-out text: a sentence, and the same sentence
 with two adjacent words swapped. It needs no download, but it is a weak proxy for syntax: many
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from falstudy.errors import FalstudyError
 
+DELIMITER = " "  # lm-eval's default target delimiter, put before every scored continuation
 WORDSWAP = "wordswap-"  # built-in pair sets: wordswap-<corpus>
 _SENTENCE = re.compile(r"[^.!?]*[.!?]")
 _WORD = re.compile(r"[A-Za-z]+(?:'[a-z]+)?")
@@ -90,7 +93,7 @@ def accuracy(correct: list[bool]) -> tuple[float, float]:
 
 
 def score_pairs(scorer, items: list[dict], progress=None) -> dict:
-    requests = [("", it[k]) for it in items for k in ("sentence_good", "sentence_bad")]
+    requests = [("", DELIMITER + it[k]) for it in items for k in ("sentence_good", "sentence_bad")]
     scores = scorer.score(requests, progress)
     correct = [g.logprob >= b.logprob for g, b in zip(scores[::2], scores[1::2])]
     acc, se = accuracy(correct)
