@@ -52,9 +52,18 @@ class FalstudyLM(LM):
             from falstudy.eval.runner import load_run
             from falstudy.eval.score import Scorer
 
-            loaded = load_run(run, data, device or "cpu")
+            import torch
+
+            device = device or "cpu"
+            if device.startswith("cuda") and not torch.cuda.is_available():
+                # lm-eval's command line asks for cuda:0 unless told; like its HF model, use the CPU
+                import logging
+
+                logging.getLogger(__name__).warning("device %s is not available here; using cpu", device)
+                device = "cpu"
+            loaded = load_run(run, data, device)
             bs = 32 if batch_size in (None, "auto") or str(batch_size).startswith("auto") else int(batch_size)
-            scorer = Scorer(loaded.model, loaded.tokenizer, bs, device or "cpu")
+            scorer = Scorer(loaded.model, loaded.tokenizer, bs, device)
         self.scorer = scorer
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
