@@ -18,7 +18,8 @@ if os.environ.get("CI") and not __import__("importlib").util.find_spec("lm_eval"
     pytest.fail("lm-eval is not installed: `make setup` installs the .[eval] extra", pytrace=False)
 pytest.importorskip("lm_eval", reason="the lm-eval adapter needs the .[eval] extra: pip install -e '.[eval]'")
 
-from tests.test_eval import make_run  # noqa: E402
+sys.path.insert(0, str(Path(__file__).parent))
+from test_eval import make_run  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 PAIRS = [("The cat sat on the mat.", "The sat cat on the mat."), ("She reads a book.", "She a reads book."),

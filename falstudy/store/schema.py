@@ -207,7 +207,7 @@ VERDICTS = Table(
         _c("variant", "VARCHAR", "the model probed (probe claims) or the pair compared (`fal vs baseline`)"),
         _c("size", "VARCHAR", "the model size and budget the runs share (claims are tested within one size)"),
         _c("measure", "VARCHAR", "the per-seed number tested"),
-        _c("unit", "VARCHAR", "its unit: nats, CKA or log ratio"),
+        _c("unit", "VARCHAR", "its unit: nats, CKA, log ratio or bits/byte"),
         _c("direction", "VARCHAR", "the claimed sign of the effect: less (< 0), greater (> 0) or either"),
         _c("effect", "DOUBLE", "mean of the per-seed numbers (or difference of means, Welch)"),
         _c("ci_lo", "DOUBLE", "lower end of its 95% interval (Student t)"),
