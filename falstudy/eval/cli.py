@@ -32,17 +32,24 @@ def _split(values: list[str]) -> list[str]:
 
 
 def summary(results: list) -> "pandas.DataFrame":  # noqa: F821
-    """Mean ± sd over runs of each variant, task and metric (sd over seeds)."""
+    """Mean ± sd over runs of each variant, task and metric (sd over seeds), in the study's order."""
     import pandas as pd
+
+    from falstudy.eval.runner import KINDS
 
     rows = [{"variant": r.variant, **row} for r in results for row in r.rows]
     if not rows:
         return pd.DataFrame()
     df = pd.DataFrame(rows)
     df = df[df["metric"].isin(["bpb", "acc", "acc_norm"]) | (df["kind"] == "lm_eval")]
+    from falstudy.report.common import order
+
     out = (df.groupby(["kind", "task", "metric", "variant"], sort=False)["value"]
            .agg(mean="mean", sd="std", runs="count").reset_index())
-    return out
+    keys = {"_k": out["kind"].map({k: i for i, k in enumerate(KINDS)}),
+            "_t": out["task"].map({t: i for i, t in enumerate(dict.fromkeys(out["task"]))}),
+            "_v": out["variant"].map({v: i for i, v in enumerate(order(out["variant"].unique()))})}
+    return out.assign(**keys).sort_values(list(keys), kind="stable").drop(columns=list(keys)).reset_index(drop=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -442,7 +442,9 @@ def text_table(report: VerdictReport) -> str:
     if report.regime:
         lines += ["Regime:"] + [f"  {line}" for line in report.regime] + [""]
     sizes = list(dict.fromkeys(r.size for r in report.rows))
-    header = f"{'claim':<24} {'variant':<20} {'effect [95% CI]':<30} {'test':<9} {'p':>7} {'n':>3}  verdict"
+    w = max([20] + [len(r.variant) for r in report.rows])
+    wc = 30 if all(r.unit != "bits/byte" for r in report.rows) else 34
+    header = f"{'claim':<24} {'variant':<{w}} {'effect [95% CI]':<{wc}} {'test':<9} {'p':>7} {'n':>3}  verdict"
     for size in sizes:
         lines += [f"Size: {size}", header, "-" * len(header)]
         for r in (r for r in report.rows if r.size == size):
@@ -453,7 +455,7 @@ def text_table(report: VerdictReport) -> str:
                     verdict += f" (~{r.seeds_needed} seeds would resolve it)"
                 else:
                     verdict += " (no effect to resolve)" if r.effect == 0 else f" (> {stats.MAX_SEEDS} seeds needed)"
-            lines.append(f"{r.claim:<24} {r.variant:<20} {ci:<30} {r.test:<9} {r.p:>7.3f} {r.n:>3}  {verdict}")
+            lines.append(f"{r.claim:<24} {r.variant:<{w}} {ci:<{wc}} {r.test:<9} {r.p:>7.3f} {r.n:>3}  {verdict}")
         lines.append("")
     if report.missing:
         lines += ["Not tested:"] + [f"  {m}" for m in report.missing] + [""]
