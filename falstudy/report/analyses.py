@@ -30,7 +30,7 @@ SECTIONS = {  # key: (heading, the notebook that goes deeper)
     "motivation": ("Motivation: what the MLP needs from attention", "notebooks/01_motivation.ipynb"),
     "variants": ("Variants: loss, spread and the sweep", "notebooks/02_variants.ipynb"),
     "parallel": ("Tensor parallelism: collectives and step time", "notebooks/03_parallel.ipynb"),
-    "downstream": ("Downstream: held-out domains and minimal pairs", "notebooks/04_downstream.ipynb"),
+    "downstream": ("Downstream: held-out domains and minimal pairs", "notebooks/02_variants.ipynb"),
 }
 
 ANALYSES: list[Analysis] = [

@@ -90,11 +90,13 @@ def _figure(res: Results, what, xlabel: str, title: str, chance: float | None) -
             ax.axvline(chance, color="#999999", linestyle="--", linewidth=1)
         ax.set_yticks(range(len(shown)))
         ax.set_yticklabels(shown if ax is axes[0] else [])
+        if ax is axes[0]:
+            ax.set_ylabel("variant")
         ax.set_title(f"{task} ({metric})")
         ax.set_xlabel(xlabel)
     fig.suptitle(title)
-    add_note(fig, "Dots: one run (seed); diamonds: mean ± sd over seeds. Tiny models score near chance on "
-                  "pairs and choices; the held-out bits per byte compare wirings on text they were not trained on.")
+    add_note(fig, "Dots: one run (seed); diamonds: mean ± sd over seeds. Word-order pairs are a weak proxy: local "
+                  "character statistics tell many swaps apart, so above-chance accuracy says little about syntax.")
     return fig
 
 
