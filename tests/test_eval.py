@@ -275,3 +275,47 @@ def test_a_sweep_spec_takes_an_evals_section():
         SweepSpec.model_validate({"name": "s", "evals": {"heldout": ["atlantis"]}})
     with pytest.raises(Exception, match="Extra inputs"):
         SweepSpec.model_validate({"name": "s", "evals": {"heldot": ["kjv"]}})
+
+
+def test_a_sweep_with_an_evals_section_evaluates_each_trained_run(tmp_path, corpus):
+    import yaml
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"sentence_good": "Shall I compare thee", "sentence_bad": "Shall compare I thee"}) + "\n")
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "s", "results_dir": str(tmp_path / "results"), "workers": 1,
+        "run": {"data": {"path": str(corpus)}, "model": {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16},
+                "train": {"steps": 5, "batch_size": 4, "lr": 3e-3, "warmup_steps": 1, "eval_interval": 5,
+                          "eval_batches": 1, "log_interval": 5, "checkpoint_interval": 5}},
+        "search": {"variant": ["baseline", "fal"]},
+        "evals": {"heldout": [], "pairs": [str(pairs)]}}))
+    done = subprocess.run([sys.executable, "-m", "falstudy", "sweep", str(spec), "--quiet"], cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    import falstudy as fs
+
+    rows = fs.query(tmp_path / "results" / "s", "SELECT run_id, kind, task, metric, n, step FROM evals ORDER BY run_id")
+    assert list(rows.itertuples(index=False, name=None)) == [
+        ("baseline-s0", "pairs", "pairs", "acc", 1, 5), ("fal-s0", "pairs", "pairs", "acc", 1, 5)]
+    errors = fs.query(tmp_path / "results" / "s", "SELECT probe_error FROM trials")
+    assert errors["probe_error"].isna().all()
+
+
+def test_a_sweep_spec_names_a_missing_pair_file():
+    from falstudy.sweep.spec import SweepSpec
+
+    with pytest.raises(Exception, match="no such JSONL file"):
+        SweepSpec.model_validate({"name": "s", "evals": {"pairs": ["wordswap-web", "nowhere.jsonl"]}})
+
+
+def test_lm_eval_tasks_without_the_extra_say_how_to_install_it(tmp_path, corpus):
+    hidden = tmp_path / "hide"
+    (hidden / "lm_eval").mkdir(parents=True)
+    (hidden / "lm_eval" / "__init__.py").write_text("raise ImportError('lm_eval hidden by the test')\n")
+    run = make_run(tmp_path / "results" / "g", "r", corpus)
+    done = falstudy("eval", str(run), "--lm-eval", "blimp_anaphor_gender_agreement", "-q", cwd=tmp_path,
+                    PYTHONPATH=f"{hidden}{os.pathsep}{REPO}")
+    assert done.returncode == 2 and "pip install -e '.[eval]'" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not list(run.glob("evals-*"))

@@ -124,3 +124,13 @@ def test_lm_eval_with_model_falstudy_gives_falstudy_evals_numbers(tmp_path, corp
     assert len(logged) == len(mine)
     for pair in mine:
         assert any(lg == pytest.approx(list(pair), rel=1e-6) for lg in logged)
+
+
+def test_an_unknown_lm_eval_task_is_one_line(tmp_path, corpus):
+    run = make_run(tmp_path / "results" / "g", "r", corpus)
+    tasks = task_files(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "falstudy", "eval", str(run), "--heldout", "none", "--pairs", "none",
+                           "--lm-eval", "fs_pairs,no_such_task", "--include-path", str(tasks), "-q"], cwd=tmp_path,
+                          env=offline_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2 and "unknown lm-eval task(s) no_such_task" in done.stderr, done.stderr[-2000:]
+    assert not list(run.glob("evals-*"))

@@ -12,11 +12,19 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from falstudy.eval.heldout import DEFAULT_DOMAINS
+
+
+def _files(paths) -> bool:
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise ValueError(f"no such JSONL file(s) {missing} (paths are relative to where the sweep runs)")
+    return True
 
 
 class Evals(BaseModel):
@@ -59,7 +67,12 @@ class Evals(BaseModel):
         bad = [v for v in value if v.startswith(WORDSWAP) and v[len(WORDSWAP):] not in KNOWN_CORPORA]
         if bad:
             raise ValueError(f"unknown pair set(s) {bad}; use wordswap-<{'|'.join(KNOWN_CORPORA)}> or a JSONL path")
-        return value
+        return _files(v for v in value if not v.startswith(WORDSWAP)) and value
+
+    @field_validator("choices")
+    @classmethod
+    def _choice_files(cls, value: list[str]) -> list[str]:
+        return _files(value) and value
 
     @field_validator("lm_eval")
     @classmethod
