@@ -134,3 +134,23 @@ def test_an_unknown_lm_eval_task_is_one_line(tmp_path, corpus):
                           env=offline_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert done.returncode == 2 and "unknown lm-eval task(s) no_such_task" in done.stderr, done.stderr[-2000:]
     assert not list(run.glob("evals-*"))
+
+
+def test_the_adapter_decodes_greedily_up_to_a_stop_string():
+    from types import SimpleNamespace
+
+    import torch
+    from test_eval import Bigram
+
+    from falstudy.data.tokenizer import ByteTokenizer
+    from falstudy.eval.lmeval import FalstudyLM
+    from falstudy.eval.score import Scorer
+
+    table = torch.zeros(256, 256)
+    table[ord("a"), ord("b")] = table[ord("b"), ord("c")] = table[ord("c"), ord("!")] = 5.0
+    lm = FalstudyLM(scorer=Scorer(Bigram(table), ByteTokenizer()))
+    ask = lambda ctx, **kw: SimpleNamespace(args=(ctx, kw))  # noqa: E731  (an lm-eval Instance's args)
+    assert lm.generate_until([ask("xa", until=["!"], max_gen_toks=10), ask("xa", until=[], max_gen_toks=2)]) == ["bc", "bc"]
+    ((ll, greedy),) = lm.loglikelihood([SimpleNamespace(args=("xa", "bc"))])
+    assert greedy and ll == pytest.approx(float(torch.log_softmax(table[ord("a")], -1)[ord("b")]
+                                                + torch.log_softmax(table[ord("b")], -1)[ord("c")]))

@@ -22,6 +22,7 @@ from falstudy.errors import FalstudyError
 DEFAULT_DOMAINS = ("kjv", "web", "fortunes")
 # domains that are one text in two translations: neither counts as held out for a run of the other
 _SAME_TEXT = {"kjv": "web", "web": "kjv"}
+_LINE_START = re.compile(r"(?:^|\n)(?=\S)")  # the start of a line that begins with text
 
 
 def held_out_domains(wanted: list[str], trained_on: str | None) -> tuple[list[str], list[str]]:
@@ -48,7 +49,7 @@ def windows(text: str, n_bytes: int, window: int) -> list[str]:
     out = []
     for k in range(n):
         at = k * span // n
-        m = re.compile(r"(?:^|\n)(?=\S)").search(text, at)  # the next line that starts with text
+        m = _LINE_START.search(text, at)
         start = 0 if m is None else m.end()
         end = text.rfind("\n", start, start + window)
         chunk = text[start : end if end > start else start + window].rstrip()
