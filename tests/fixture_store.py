@@ -3,7 +3,8 @@
 ``build_full(root)`` trains 2 variants x 2 seeds of a tiny GPT for real (``falstudy.train``, with
 the trainer's gradient hook), runs the probes the figures read on each (``run_probes``), records
 them as a 2-objective Optuna study in a journal file and exports its trials with the sweep's writer,
-adds two tensor-parallel runs with ``timings`` rows shaped like ``CommMeter.rows()``, writes the
+adds ``evals`` rows scored by falstudy.eval's Scorer on the trained models, adds two
+tensor-parallel runs with ``timings`` rows shaped like ``CommMeter.rows()``, writes the
 benchmark files of bench/tp_step.py beside the group, and ingests. About 10 s here.
 
 ``build_partial(root, full)`` copies only the runs and metrics spool files: a group with no
@@ -138,6 +139,43 @@ def _tp_runs(group: Path) -> None:
             spool.write_table("timings", rows, part=step)
 
 
+def _evals(runs: dict[str, dict]) -> None:
+    """evals rows as `falstudy eval` writes them, scored by its Scorer on the trained models: a
+    held-out token stream with another rule (next = 5 * prev + 2 mod V; one token taken as one
+    byte) and word-order-like pairs (a true stretch against one with two adjacent ids swapped)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from falstudy.eval.pairs import accuracy
+    from falstudy.eval.score import Scorer
+    from falstudy.models.checkpoint import load_checkpoint
+    from falstudy.store import RunSpool
+
+    rng = np.random.default_rng(1)
+    streams = []
+    for _ in range(8):
+        ids = [int(rng.integers(VOCAB))]
+        for _ in range(24):
+            ids.append((5 * ids[-1] + 2) % VOCAB)
+        streams.append(ids)
+    for run_id, run in runs.items():
+        model, _ = load_checkpoint(run["run_dir"])
+        scorer = Scorer(model, SimpleNamespace(vocab_size=VOCAB, separator=""), batch_size=4)
+        scores = scorer.score_ids([(s[:1], s[1:]) for s in streams])
+        nll, n = -sum(x.logprob for x in scores), sum(x.n_tokens for x in scores)
+        good = [(s[:1], s[1:9]) for s in streams]
+        bad = [(s[:1], s[1:4] + [s[5], s[4]] + s[6:9]) for s in streams]
+        lp = [x.logprob for x in scorer.score_ids(good + bad)]
+        acc, se = accuracy([g >= b for g, b in zip(lp[:8], lp[8:])])
+        base = {"run_id": run_id, "step": TRAIN["steps"], "n": len(streams), "extra_json": "{}"}
+        spool = RunSpool(run["run_dir"])
+        spool.write_table("evals", [{**base, "kind": "heldout", "task": "rule5", "metric": "bpb",
+                                     "value": nll / np.log(2) / n, "stderr": None}], part="heldout-rule5")
+        spool.write_table("evals", [{**base, "kind": "pairs", "task": "swaps", "metric": "acc", "value": acc,
+                                     "stderr": se}], part="pairs-swaps")
+
+
 def _bench(folder: Path) -> None:
     """bench/tp_step.py's two files, with its columns (measurements made up, projection real)."""
     from falstudy.report.parallel import gpt2_projection
@@ -166,6 +204,7 @@ def build_full(root: Path) -> Path:
     runs = _train_and_probe(results, corpus)
     group = results / "fx"
     _study(group, runs)
+    _evals(runs)
     _tp_runs(group)
     _bench(results / "bench")
     ingest(group)

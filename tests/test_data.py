@@ -166,7 +166,7 @@ def test_local_sources_and_their_errors(tmp_path):
     assert [d.name for d in docs] == ["doc0.txt", "doc1.txt", "sub/notes.md"]
     assert docs[2].text == "# notes\nline\n"
     assert [f["sha256"] for f in source["files"]] == [sha256(folder / d.name) for d in docs]
-    with pytest.raises(FalstudyError, match=r"unknown corpus 'nope': use one of shakespeare, kjv, or a path"):
+    with pytest.raises(FalstudyError, match=r"unknown corpus 'nope': use one of shakespeare, kjv, web, fortunes, or a path"):
         load_corpus("nope")
     (folder / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     with pytest.raises(FalstudyError, match="latin1.txt is not UTF-8"):

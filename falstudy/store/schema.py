@@ -131,6 +131,25 @@ PROBES = Table(
     ),
 )
 
+EVALS = Table(
+    "evals",
+    "Downstream evaluation of trained models: bits per byte on held-out domains, minimal-pair and "
+    "multiple-choice accuracy, lm-evaluation-harness metrics (docs/eval.md), one value per row.",
+    "`falstudy eval` (or a sweep's `evals:` section)",
+    "runs/<run_id>/evals-<kind>-<task>[-step<N>].parquet",
+    (
+        _c("run_id", "VARCHAR", "the run evaluated", True),
+        _c("step", "BIGINT", "training step of the weights evaluated"),
+        _c("kind", "VARCHAR", "heldout | pairs | choice | lm_eval", True),
+        _c("task", "VARCHAR", "held-out domain (`kjv`, `web`, `fortunes`), pair set (`wordswap-web`, a file's stem), choice file's stem, or lm-eval task", True),
+        _c("metric", "VARCHAR", "`bpb`, `loss` (nats/token), `bytes_per_token`, `acc`, `acc_norm`, or an lm-eval metric", True),
+        _c("value", "DOUBLE", "the measurement"),
+        _c("n", "BIGINT", "items scored (windows of text for held-out domains)"),
+        _c("stderr", "DOUBLE", "standard error of the mean over items, where one is defined"),
+        _c("extra_json", "VARCHAR", "anything else, as JSON (bytes and tokens scored, chance level, lm-eval filter)"),
+    ),
+)
+
 TIMINGS = Table(
     "timings",
     "Communication and compute accounting of parallel runs: per rank and kind, how many "
@@ -188,7 +207,7 @@ VERDICTS = Table(
         _c("variant", "VARCHAR", "the model probed (probe claims) or the pair compared (`fal vs baseline`)"),
         _c("size", "VARCHAR", "the model size and budget the runs share (claims are tested within one size)"),
         _c("measure", "VARCHAR", "the per-seed number tested"),
-        _c("unit", "VARCHAR", "its unit: nats, CKA or log ratio"),
+        _c("unit", "VARCHAR", "its unit: nats, CKA, log ratio or bits/byte"),
         _c("direction", "VARCHAR", "the claimed sign of the effect: less (< 0), greater (> 0) or either"),
         _c("effect", "DOUBLE", "mean of the per-seed numbers (or difference of means, Welch)"),
         _c("ci_lo", "DOUBLE", "lower end of its 95% interval (Student t)"),
@@ -208,7 +227,7 @@ VERDICTS = Table(
     ),
 )
 
-TABLES: dict[str, Table] = {t.name: t for t in (RUNS, METRICS, PROBES, TIMINGS, TRIALS, VERDICTS)}
+TABLES: dict[str, Table] = {t.name: t for t in (RUNS, METRICS, PROBES, EVALS, TIMINGS, TRIALS, VERDICTS)}
 
 INGESTED_FILES_DOC = (
     ("path", "VARCHAR", "spool file relative to the results group"),

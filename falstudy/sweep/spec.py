@@ -11,6 +11,7 @@
       variant: [baseline, fal]          # a list = categorical
       train.lr: {low: 1.0e-4, high: 1.0e-2, log: true}
     probes: [cka, bypass]               # run after training (falstudy.probe.run_probes)
+    evals: [kjv, web, fortunes]         # then downstream evaluation (falstudy.eval.spec.Evals)
     backend: {kind: local}              # or {kind: torchrun, nproc: 2, tp: 2, dp: 1}
 
 Structure is checked by pydantic (unknown fields, types); ``check`` then checks the meaning
@@ -33,6 +34,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from falstudy.errors import FalstudyError
+from falstudy.eval.spec import Evals
 from falstudy.names import BadName, check_name
 
 # what a trial can report to Optuna, and which way is better by default
@@ -126,6 +128,7 @@ class SweepSpec(_Strict):
     search: dict[str, Param] = Field(default_factory=dict)
     backend: Backend = Backend()
     probes: Probes | None = None
+    evals: Evals | None = Field(None, description="downstream evaluation after training (falstudy.eval.spec)")
 
     @field_validator("objectives", mode="before")
     @classmethod

@@ -180,6 +180,17 @@ def run(payload: dict[str, Any]) -> dict[str, Any]:
             traceback.print_exc()
             out["probe_error"] = f"{type(err).__name__}: {err}".splitlines()[0]
         out["probe_s"] = time.time() - t1
+    evals = payload.get("evals")
+    if evals:  # downstream evaluation (falstudy.eval); a failure is reported like a probe's
+        try:
+            from falstudy.eval import run_evals
+
+            run_evals(run_dir, **evals)
+        except KeyboardInterrupt:
+            return {**out, "status": "killed", "error": "interrupted during evals (SIGTERM/SIGINT)"}
+        except Exception as err:
+            traceback.print_exc()
+            out["probe_error"] = "; ".join(filter(None, [out.get("probe_error"), f"evals: {type(err).__name__}: {err}".splitlines()[0]]))
     return out
 
 

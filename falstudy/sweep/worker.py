@@ -266,6 +266,7 @@ def run_trial(study: "optuna.Study", trial: "optuna.Trial", cfg: WorkerConfig) -
         "report": not spec.multi_objective, "prune": spec.pruner.kind != "none",
         "pruner": spec.pruner.model_dump(), "result_path": str(result_path), "parent_pid": os.getpid(),
         "probes": spec.probes.model_dump() if spec.probes else None,
+        "evals": spec.evals.kwargs() if spec.evals else None,
     }
     write_json(work / f"{stem}.json", payload)
 
