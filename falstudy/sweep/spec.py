@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from falstudy.errors import FalstudyError
 from falstudy.names import BadName, check_name
+from falstudy.sweep.slurm import SlurmSettings
 
 # what a trial can report to Optuna, and which way is better by default
 METRICS: dict[str, str] = {
@@ -126,6 +127,7 @@ class SweepSpec(_Strict):
     search: dict[str, Param] = Field(default_factory=dict)
     backend: Backend = Backend()
     probes: Probes | None = None
+    slurm: SlurmSettings | None = None  # falstudy sweep --slurm N: what each array task asks for
 
     @field_validator("objectives", mode="before")
     @classmethod
