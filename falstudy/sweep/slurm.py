@@ -282,11 +282,11 @@ def status(spec_path: str | Path, *, storage: str | None = None, results_dir: st
            echo: Echo = print) -> None:
     """Print the trials of the study (per grid cell: state and the task that ran it) and the state
     of every array task this sweep submitted. Creates nothing."""
-    from falstudy.sweep.driver import _table
+    from falstudy.sweep.driver import RETRY, _table
     from falstudy.sweep.progress import summarize
     from falstudy.sweep.spec import cells, load_spec
     from falstudy.sweep.study import by_run_id, check_storage, describe_storage, is_postgres, open_study, \
-        results_group, storage_url
+        results_group, retryable, storage_url
 
     spec = load_spec(spec_path)
     url = storage_url(spec, storage, results_dir)
@@ -303,7 +303,8 @@ def status(spec_path: str | Path, *, storage: str | None = None, results_dir: st
     rows = []
     for run_id in run_ids:
         last = max(groups.get(run_id, []), key=lambda t: t.number, default=None)
-        rows.append((run_id, last.state.name if last else "no trial", str(len(groups.get(run_id, []))),
+        state = (RETRY if retryable(last) else last.state.name) if last else "no trial"
+        rows.append((run_id, state, str(len(groups.get(run_id, []))),
                      (last.user_attrs.get("slurm_task") or last.user_attrs.get("worker_host") or "-") if last else "-"))
     _table(["run_id", "state", "trials", "ran in"], rows, echo)
     ids = jobs(group)
