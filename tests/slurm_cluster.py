@@ -78,7 +78,7 @@ def config(root: Path, node: str, cpus: int = 2) -> str:
         "SelectType=select/cons_tres", "SelectTypeParameters=CR_CPU", "SchedulerType=sched/backfill",
         "SlurmdParameters=config_overrides", "ReturnToService=2", "MpiDefault=none",
         "JobAcctGatherType=jobacct_gather/none", "AccountingStorageType=accounting_storage/none",
-        "KillWait=10", "MinJobAge=3600", "InactiveLimit=0", "SlurmctldTimeout=30", "SlurmdTimeout=60",
+        "KillWait=30", "MinJobAge=3600", "InactiveLimit=0", "SlurmctldTimeout=30", "SlurmdTimeout=60",
         f"NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={_mem_mb()} State=UNKNOWN",
         f"PartitionName={PARTITION} Nodes={node} Default=YES MaxTime=INFINITE State=UP",
         "",

@@ -197,3 +197,11 @@ def test_the_slurm_section_is_checked_and_written_into_the_script(tmp_path):
         assert line in lines, script
     assert lines[-1] == "exec python -m falstudy.sweep.worker --spec 'a b.yaml' --storage \"$FALSTUDY_SWEEP_STORAGE\""
     assert lines.index("module load cuda") > max(i for i, x in enumerate(lines) if x.startswith("#SBATCH"))
+
+
+def test_status_of_a_sweep_never_started_says_so(corpus, tmp_path):
+    spec = write_spec(tmp_path, corpus, "fresh")
+    proc = subprocess.run([sys.executable, "-m", "falstudy.cli", "sweep", str(spec), "--status"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and "no study yet" in proc.stderr and "--slurm N" in proc.stderr, proc.stderr
+    assert not (tmp_path / "results").exists()

@@ -47,10 +47,12 @@ def register(app: typer.Typer) -> None:
 
             if status:
                 return S.status(spec, storage=storage, results_dir=results_dir, echo=typer.echo)
-            if slurm is None:
-                from falstudy.errors import FalstudyError
+            from falstudy.errors import FalstudyError
 
+            if slurm is None:
                 raise FalstudyError("--wait waits for a Slurm array: add --slurm N")
+            if workers is not None:
+                raise FalstudyError("--workers is for this host; with --slurm N each of the N array tasks runs one worker")
             raise typer.Exit(S.submit(spec, slurm, storage=storage, results_dir=results_dir, resume=resume,
                                       retry_failed=retry_failed, wait=wait, dry_run=dry_run, echo=typer.echo))
         from falstudy.sweep.driver import plan, run_sweep

@@ -18,6 +18,7 @@ submitted), ``sweep.sbatch`` (the script), ``jobs.txt`` (one line per submitted 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -207,13 +208,23 @@ def submit(spec_path: str | Path, tasks: int, *, storage: str | None = None, res
     folder = group / SWEEP_DIR / SLURM_DIR
     command = [sys.executable, "-m", "falstudy.sweep.worker", "--spec", str(folder / "spec.yaml"),
                "--results-dir", str(group.parent), "--threads", str(cpus(spec)), "--no-ingest"]
+    if spec.timeout:  # as for local workers: no trial starts later than timeout after this command
+        command += ["--deadline", f"{time.time() + spec.timeout:.0f}"]
     script = render(spec, tasks, folder, command)
     if dry_run:
         echo(script.rstrip())
         return 0
 
+    made = [p for p in (folder, *folder.parents) if not p.exists()]
+    group.mkdir(parents=True, exist_ok=True)  # the journal's folder
+    try:
+        opened = open_study(spec, url)
+    except BaseException:  # a storage that fails to open leaves no folders behind
+        for path in made:  # deepest first; only the empty ones made here
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
     folder.mkdir(parents=True, exist_ok=True)
-    opened = open_study(spec, url)
     study = opened.study
     with study_lock(study, url):
         reaped = (reap_tasks(study) + R.reap(study)) if resume else []
@@ -256,11 +267,16 @@ def wait_and_ingest(spec, study, group: Path, job: str, spec_path: Path, echo: E
     from falstudy.sweep.records import export_trials
 
     metrics = [o.metric for o in spec.objectives]
-    with Progress(study, spec.directions, metrics, quiet=True, echo=echo) as progress:
-        while any(state in LIVE for state, _ in task_states([job]).values()):
-            progress.poll()
-            time.sleep(2.0)
-        summary = progress.poll()
+    try:
+        with Progress(study, spec.directions, metrics, quiet=True, echo=echo) as progress:
+            while any(state in LIVE for state, _ in task_states([job]).values()):
+                progress.poll()
+                time.sleep(2.0)
+            summary = progress.poll()
+    except KeyboardInterrupt:
+        echo(f"stopped waiting; array {job} goes on: falstudy sweep {spec_path} --status; "
+             f"when it ends: falstudy ingest {group}")
+        return 130
     export_trials(study, group)
     ingest(group)
     echo(f"sweep {spec.name}: {summary.line()}")
@@ -291,9 +307,9 @@ def status(spec_path: str | Path, *, storage: str | None = None, results_dir: st
     spec = load_spec(spec_path)
     url = storage_url(spec, storage, results_dir)
     group = results_group(spec, results_dir)
-    check_storage(url)
     if not is_postgres(url) and not Path(url).is_file():
         raise FalstudyError(f"no study yet: {url} does not exist; start it with: falstudy sweep {spec_path} --slurm N")
+    check_storage(url)
     study = open_study(spec, url, create=False).study
     trials = study.get_trials(deepcopy=False)
     echo(f"sweep {spec.name} in {describe_storage(url)}: "
