@@ -234,11 +234,13 @@ def test_more_trial_ranks_than_cores_is_refused_before_anything_is_created(tmp_p
 def test_a_killed_trial_is_retried_whoever_stopped_it(stopped, tmp_path):
     """A trial the sweep interrupted resumes later; so does one killed by anything else (torchrun
     stopping rank 0 because another rank died), with its log's last lines as the error."""
+    from falstudy.sweep.contract import TrialResult
     from falstudy.sweep.worker import outcome
 
     log = tmp_path / "trial.log"
     log.write_text("rank 1 exited with signal SIGKILL\n")
-    out = outcome({"status": "killed", "error": "interrupted (SIGTERM/SIGINT)"}, 0, log, stopped=stopped, timed_out=None)
+    out = outcome(TrialResult(status="killed", error="interrupted (SIGTERM/SIGINT)"), 0, log, stopped=stopped,
+                  timed_out=None)
     assert out.state == "FAIL" and out.retry
     if not stopped:
         assert "did not send" in out.error and "SIGKILL" in out.error
