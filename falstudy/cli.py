@@ -306,7 +306,7 @@ def sample(
 @app.command()
 def variants() -> None:
     """List the named variant presets and what each sets."""
-    from falstudy.models.variants import VARIANTS
+    from falstudy.variants import VARIANTS
 
     for name, fields in VARIANTS.items():
         typer.echo(f"{name:22s} " + ", ".join(f"{k}={v}" for k, v in fields.items()))

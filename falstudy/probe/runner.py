@@ -116,10 +116,8 @@ def make_batches(
     path = data if data is not None else loaded.data_path
     if path is None:
         raise FalstudyError("no data to probe with: pass data= (a prepared corpus folder or a token tensor)")
-    try:
-        from falstudy.data import TokenShards
-    except ImportError:
-        raise FalstudyError("falstudy.data is not available; pass data= as a token tensor") from None
+    from falstudy.data import TokenShards
+
     T = seq_len or min(block, 256)
     n_seq = math.ceil(tokens / T)
     b = min(batch_size, n_seq)

@@ -1,6 +1,7 @@
 """The spool: Parquet files that producers write without ever touching DuckDB.
 
-A run writes into ``results/<name>/runs/<run_id>/``; the sweep into ``results/<name>/sweep/``.
+A run writes into ``results/<name>/runs/<run_id>/`` (``falstudy.store.layout``); the sweep into
+``results/<name>/sweep/``.
 A file's table is its name up to the first ``-`` (or ``.parquet``): ``runs.parquet`` is a
 rewritable file of table ``runs``; ``metrics-000050.parquet`` is an append-only chunk of table
 ``metrics``. Every write is atomic (a hidden temp file in the same folder, fsync, then
