@@ -294,3 +294,32 @@ def test_a_collective_failing_because_a_peer_died_counts_as_killed(monkeypatch):
     assert lost_peer(reset) and not lost_peer(RuntimeError("shape mismatch")) and not lost_peer(ValueError("gloo"))
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert not lost_peer(reset)
+
+
+def test_the_trial_contract_round_trips_and_names_every_attribute(tmp_path):
+    """Payload and result survive their JSON files as they were; a trial attribute that is not in
+    the contract is refused before it reaches the study; the metric and sampler types are the names."""
+    import typing
+
+    from falstudy.sweep.contract import TrialAttrs, TrialPayload, TrialResult, queued_attrs, set_attrs
+    from falstudy.sweep.schema import METRICS, SAMPLERS, MetricName, SamplerKind
+
+    payload = TrialPayload(storage="j.journal", study="s", trial_number=3, trial_id=7, config={"seed": 1},
+                           objectives=["val_loss"], report=True, prune=False, pruner={"kind": "none"},
+                           result_path=str(tmp_path / "r.json"), parent_pid=42)
+    payload.write(tmp_path / "p.json")
+    assert TrialPayload.read(tmp_path / "p.json") == payload
+    result = TrialResult(status="completed", run_id="r", values=[1.5])
+    result.write(payload.result_path)
+    assert TrialResult.read(payload.result_path) == result
+    assert result.to_json() == {"status": "completed", "run_id": "r", "values": [1.5]}
+
+    study = optuna.create_study()
+    trial = study.ask()
+    set_attrs(trial, {"run_id": "r", "seed": 0})
+    with pytest.raises(ValueError, match="runid"):
+        set_attrs(trial, {"runid": "r"})
+    with pytest.raises(ValueError, match="sed"):
+        queued_attrs({}, sed=1)
+    assert TrialAttrs.of(trial) == TrialAttrs(run_id="r", seed=0)
+    assert typing.get_args(MetricName) == tuple(METRICS) and typing.get_args(SamplerKind) == SAMPLERS

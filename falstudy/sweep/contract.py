@@ -42,6 +42,7 @@ class TrialPayload:
     result_path: str  # where the trial writes its TrialResult
     parent_pid: int  # the worker: a trial whose worker is gone before it starts does nothing
     probes: dict[str, Any] | None = None  # the spec's probes (schema.Probes, dumped), run after training
+    evals: dict[str, Any] | None = None  # downstream evaluation after training (falstudy.eval's keyword arguments)
 
     def write(self, path: str | Path) -> None:
         write_json(path, asdict(self))
@@ -91,6 +92,7 @@ class TrialAttrs:
     worker_start: int | None = None  # the worker's process start, clock ticks since boot (tells a reused pid apart)
     heartbeat: float | None = None  # unix time, refreshed while it runs (reap.HEARTBEAT_S)
     trial_pid: int | None = None  # the trial subprocess
+    slurm_task: str | None = None  # under Slurm: the array task that runs it (``<job>_<task>``)
     # how it ended (set by the worker from the TrialResult, or by the reaper)
     status: str | None = None  # the run's status (completed, pruned, diverged, failed, killed)
     error: str | None = None  # why it failed
