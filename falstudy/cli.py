@@ -16,6 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from falstudy.errors import FalstudyError
+from falstudy.store import layout as results_layout
 
 app = typer.Typer(
     name="falstudy",
@@ -173,14 +174,14 @@ def _interrupted_line(cfg) -> str:
     import shlex
 
     if cfg.run_id is None:  # under torchrun, ranks agree on an id the launcher never saw
-        return f"falstudy: interrupted; the run is in {cfg.results_dir}/{cfg.name}/runs/ (rerun with --run-id ID to resume it)"
-    run_dir = Path(cfg.results_dir) / cfg.name / "runs" / cfg.run_id
+        return f"falstudy: interrupted; the run is in {results_layout.runs_dir(cfg.results_dir, cfg.name)}/ (rerun with --run-id ID to resume it)"
+    run_dir = results_layout.run_dir_of(cfg)
     from falstudy.usage import invoked_args
 
     args = [a for a in invoked_args() if a != "--no-resume"]
     if "--run-id" not in args and not any(a.startswith("--run-id=") for a in args):
         args += ["--run-id", cfg.run_id]
-    where = "from its last checkpoint" if (run_dir / "checkpoint.pt").exists() else "from step 0 (no checkpoint yet)"
+    where = "from its last checkpoint" if (run_dir / results_layout.CHECKPOINT).exists() else "from step 0 (no checkpoint yet)"
     return (f"falstudy: interrupted run {cfg.run_id} ({run_dir}); resume it {where} with: "
             f"falstudy {shlex.join(args)}")
 
@@ -205,7 +206,7 @@ def _launch_parallel(cfg, nnodes: int, rdzv_endpoint: str | None, allow_oversubs
     user_args = sys.argv[1:]
     program = _program(None) + ([] if cfg.run_id else ["--run-id", run_id])
     cmd = relaunch_command(cfg.parallel.tp, cfg.parallel.dp, nnodes, rdzv_endpoint, allow_oversubscribe, program)
-    log = Path(cfg.results_dir) / cfg.name / "runs" / run_id / LOG_NAME
+    log = results_layout.run_dir(cfg.results_dir, cfg.name, run_id) / LOG_NAME
     code, stopped = run_torchrun(cmd, log)
     if stopped:
         raise KeyboardInterrupt
@@ -248,11 +249,11 @@ def probe(
         pairs.append(sites)
     df = run_probes(source, probes, tokens, batch_size, out=False if no_write else None, seq_len=seq_len,
                     data=data, split=split, cka_pairs=pairs, device=device, quiet=quiet)
-    is_run = source.is_dir() and source.parent.name == "runs"
+    is_run = results_layout.is_run_dir(source)
     if not no_write and not no_ingest and is_run:
         from falstudy.store import ingest as ingest_results
 
-        ingest_results(source.parent.parent)
+        ingest_results(results_layout.group_of(source))
     table = summary_table(df)
     if len(table):
         typer.echo(table.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep=""))
@@ -260,7 +261,7 @@ def probe(
     if no_write or not is_run:
         where = "not written (--no-write)" if no_write else "not written (not a run folder)"
     else:
-        where = (f"written to {source}/probes-*.parquet; all of them: falstudy sql -r {source.parent.parent} "
+        where = (f"written to {source}/probes-*.parquet; all of them: falstudy sql -r {results_layout.group_of(source)} "
                  f"\"SELECT * FROM probes WHERE run_id = '{source.name}'\"")
     typer.echo(f"rows per probe: {counts}; {where}")
 
@@ -275,11 +276,11 @@ def _probe_source(run: str, results: Path | None) -> Path:
     groups = [results] if results is not None else sorted(p for p in Path("results").glob("*") if p.is_dir())
     if results is not None and not results.is_dir():
         raise FalstudyError(f"{results}: no such results folder; pass results/<name> (a sweep or train --name)")
-    found = [g / "runs" / run for g in groups if (g / "runs" / run).is_dir()]
+    found = results_layout.find_run(groups, run)
     if len(found) == 1:
         return found[0]
     if found:
-        raise FalstudyError(f"run {run} is in {len(found)} groups ({', '.join(str(f.parent.parent) for f in found)}); "
+        raise FalstudyError(f"run {run} is in {len(found)} groups ({', '.join(str(results_layout.group_of(f)) for f in found)}); "
                             "choose one with -r")
     where = results or "any group under ./results"
     raise FalstudyError(f"{run}: not a path, and no run with that id in {where}; pass a run folder or -r GROUP")
@@ -305,7 +306,7 @@ def sample(
 @app.command()
 def variants() -> None:
     """List the named variant presets and what each sets."""
-    from falstudy.models.variants import VARIANTS
+    from falstudy.variants import VARIANTS
 
     for name, fields in VARIANTS.items():
         typer.echo(f"{name:22s} " + ", ".join(f"{k}={v}" for k, v in fields.items()))
@@ -370,7 +371,7 @@ def _sigterm_interrupts() -> None:
 
 
 def _latest_results(spool: bool = False) -> Path:
-    pattern = "*/runs" if spool else "*/falstudy.duckdb"
+    pattern = f"*/{results_layout.RUNS_DIR}" if spool else "*/falstudy.duckdb"
     dbs = sorted(Path("results").glob(pattern), key=lambda p: p.stat().st_mtime)
     if not dbs:
         raise FalstudyError("no results store under ./results; pass --results DIR or train/sweep first")

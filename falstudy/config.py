@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from falstudy.errors import FalstudyError
+from falstudy.variants import VARIANTS
 
 Wiring = Literal["baseline", "parallel", "fal", "fal_plus", "no_attn", "no_mlp"]
 WIRINGS: tuple[str, ...] = Wiring.__args__  # type: ignore[attr-defined]
@@ -181,7 +182,7 @@ class RunConfig(_Strict):
     """Everything that produces one training run. Saved, resolved, with the run."""
 
     name: str = Field("default", description="results group: results/<name>/")
-    variant: str | None = Field(None, description="a preset from falstudy.models.VARIANTS, applied under `model`")
+    variant: str | None = Field(None, description="a preset from falstudy.variants.VARIANTS, applied under `model`")
     run_id: str | None = None
     seed: int = 0
     results_dir: str = "results"
@@ -195,8 +196,6 @@ class RunConfig(_Strict):
     @classmethod
     def _apply_variant(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("variant"):
-            from falstudy.models.variants import VARIANTS
-
             if data["variant"] not in VARIANTS:
                 return data  # reported by _known_variant, with the field's path
             model = data.get("model") or {}
@@ -217,8 +216,6 @@ class RunConfig(_Strict):
     @field_validator("variant")
     @classmethod
     def _known_variant(cls, name: str | None) -> str | None:
-        from falstudy.models.variants import VARIANTS
-
         if name is not None and name not in VARIANTS:
             raise ValueError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
         return name
@@ -326,14 +323,3 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise FalstudyError(f"override {text!r} must look like section.field=value (e.g. model.wiring=fal)")
     key, _, raw = text.partition("=")
     return key.strip(), loads(raw, f"--set {key.strip()}")
-
-
-def load_run_config(path: str | Path | None = None, overrides: list[str] = (), **sections: Any) -> RunConfig:
-    data: dict = load_yaml(path) if path else {}
-    if not isinstance(data, dict):
-        raise FalstudyError(f"{path}: expected a mapping of config sections, got {type(data).__name__}")
-    for dotted, value in sections.items():
-        set_dotted(data, dotted, value)
-    for text in overrides:
-        set_dotted(data, *parse_override(text))
-    return validate(RunConfig, data, str(path or "config"))

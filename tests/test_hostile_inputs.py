@@ -92,13 +92,13 @@ def test_the_unmutated_gpt2_folders_load(tmp_path):
 
 
 def test_the_unmutated_spec_and_config_are_valid(corpus, tmp_path):
-    from falstudy.config import load_run_config
     from falstudy.sweep.spec import load_spec
+    from falstudy.train import as_run_config
 
     (tmp_path / "s.yaml").write_text(spec().replace("{corpus}", str(corpus)))
     (tmp_path / "c.yaml").write_text(config().replace("{corpus}", str(corpus)))
     assert load_spec(tmp_path / "s.yaml").name == "s"
-    assert load_run_config(tmp_path / "c.yaml").name == "g"
+    assert as_run_config(tmp_path / "c.yaml").name == "g"
 
 
 @pytest.mark.parametrize("case_id", ["train --name up-and-out", "train: billion laughs in a field", "hf: pickled payload in .bin"])

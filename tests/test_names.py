@@ -41,7 +41,7 @@ def _tree(root: Path) -> list[str]:
 def _entry_points(corpus: Path, work: Path):
     """(label, call(name)) for every API entry point that turns a name into a folder."""
     import falstudy
-    from falstudy.config import RunConfig, load_run_config
+    from falstudy.config import RunConfig
     from falstudy.sweep.driver import plan, run_sweep
     from falstudy.sweep.spec import spec_from_dict
     from falstudy.train import as_run_config
@@ -68,7 +68,7 @@ def _entry_points(corpus: Path, work: Path):
         "RunConfig(name=)": lambda n: RunConfig(name=n),
         "RunConfig(run_id=)": lambda n: RunConfig(run_id=n),
         "as_run_config": lambda n: as_run_config(run, {"name": n}),
-        "load_run_config": lambda n: load_run_config(config_file(name=n)),
+        "as_run_config(yaml)": lambda n: as_run_config(config_file(name=n)),
         "prepare(name=)": lambda n: falstudy.prepare(corpus=str(work / "texts"), out_dir=work / "data", name=n, quiet=True),
         "spec_from_dict": lambda n: spec_from_dict({"name": n, "run": TINY}),
         "run_sweep": lambda n: run_sweep(spec_file(n), quiet=True, echo=lambda line: None),
@@ -77,7 +77,7 @@ def _entry_points(corpus: Path, work: Path):
 
 
 ENTRY_POINTS = ["train(name=)", "train(run_id=)", "train(config name)", "train(yaml run_id)", "RunConfig(name=)",
-                "RunConfig(run_id=)", "as_run_config", "load_run_config", "prepare(name=)", "spec_from_dict",
+                "RunConfig(run_id=)", "as_run_config", "as_run_config(yaml)", "prepare(name=)", "spec_from_dict",
                 "run_sweep", "plan"]
 
 

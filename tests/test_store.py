@@ -405,3 +405,23 @@ def test_adopt_trusts_folders_written_before_manifests_and_nothing_else(tmp_path
     second = ingest(group, adopt=True)
     assert second == {"runs": 1} and list(second.refused) == [group.resolve() / "runs" / "new" / "runs-evil.parquet"]
     assert sorted(query(group, "SELECT run_id FROM runs")["run_id"]) == ["new", "old"]
+
+
+def test_the_layout_names_run_folders_and_a_resume_drops_only_later_chunks(tmp_path):
+    from falstudy.store import layout
+
+    run = layout.run_dir(tmp_path, "g", "r1")
+    assert run == tmp_path / "g" / "runs" / "r1" and layout.group_of(run) == tmp_path / "g"
+    assert not layout.is_run_dir(run)  # not there yet
+    spool = RunSpool(run)
+    spool.write_table("runs", [_run_row("r1")])
+    for step in (50, 100, 150):
+        spool.write_table("metrics", [{"run_id": "r1", "step": step, "split": "val", "name": "loss", "value": 1.0}],
+                          part=step)
+    spool.write_table("timings", [{"run_id": "r1", "kind": "all_reduce", "count": 1, "rank": 0}], part=150)
+    spool.write_table("probes", [], part="cka")
+    assert layout.is_run_dir(run) and layout.find_run([tmp_path / "g", tmp_path / "h"], "r1") == [run]
+    assert [p.name for p in spool.chunks("metrics")] == [f"metrics-{s:06d}.parquet" for s in (50, 100, 150)]
+    spool.drop_chunks_after(100)
+    assert sorted(p.name for p in run.glob("*.parquet")) == [
+        "metrics-000050.parquet", "metrics-000100.parquet", "probes-cka.parquet", "runs.parquet"]

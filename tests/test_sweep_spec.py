@@ -234,11 +234,13 @@ def test_more_trial_ranks_than_cores_is_refused_before_anything_is_created(tmp_p
 def test_a_killed_trial_is_retried_whoever_stopped_it(stopped, tmp_path):
     """A trial the sweep interrupted resumes later; so does one killed by anything else (torchrun
     stopping rank 0 because another rank died), with its log's last lines as the error."""
+    from falstudy.sweep.contract import TrialResult
     from falstudy.sweep.worker import outcome
 
     log = tmp_path / "trial.log"
     log.write_text("rank 1 exited with signal SIGKILL\n")
-    out = outcome({"status": "killed", "error": "interrupted (SIGTERM/SIGINT)"}, 0, log, stopped=stopped, timed_out=None)
+    out = outcome(TrialResult(status="killed", error="interrupted (SIGTERM/SIGINT)"), 0, log, stopped=stopped,
+                  timed_out=None)
     assert out.state == "FAIL" and out.retry
     if not stopped:
         assert "did not send" in out.error and "SIGKILL" in out.error
@@ -292,3 +294,32 @@ def test_a_collective_failing_because_a_peer_died_counts_as_killed(monkeypatch):
     assert lost_peer(reset) and not lost_peer(RuntimeError("shape mismatch")) and not lost_peer(ValueError("gloo"))
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert not lost_peer(reset)
+
+
+def test_the_trial_contract_round_trips_and_names_every_attribute(tmp_path):
+    """Payload and result survive their JSON files as they were; a trial attribute that is not in
+    the contract is refused before it reaches the study; the metric and sampler types are the names."""
+    import typing
+
+    from falstudy.sweep.contract import TrialAttrs, TrialPayload, TrialResult, queued_attrs, set_attrs
+    from falstudy.sweep.schema import METRICS, SAMPLERS, MetricName, SamplerKind
+
+    payload = TrialPayload(storage="j.journal", study="s", trial_number=3, trial_id=7, config={"seed": 1},
+                           objectives=["val_loss"], report=True, prune=False, pruner={"kind": "none"},
+                           result_path=str(tmp_path / "r.json"), parent_pid=42)
+    payload.write(tmp_path / "p.json")
+    assert TrialPayload.read(tmp_path / "p.json") == payload
+    result = TrialResult(status="completed", run_id="r", values=[1.5])
+    result.write(payload.result_path)
+    assert TrialResult.read(payload.result_path) == result
+    assert result.to_json() == {"status": "completed", "run_id": "r", "values": [1.5]}
+
+    study = optuna.create_study()
+    trial = study.ask()
+    set_attrs(trial, {"run_id": "r", "seed": 0})
+    with pytest.raises(ValueError, match="runid"):
+        set_attrs(trial, {"runid": "r"})
+    with pytest.raises(ValueError, match="sed"):
+        queued_attrs({}, sed=1)
+    assert TrialAttrs.of(trial) == TrialAttrs(run_id="r", seed=0)
+    assert typing.get_args(MetricName) == tuple(METRICS) and typing.get_args(SamplerKind) == SAMPLERS

@@ -72,7 +72,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(corpus, tmp_path):
     whole = falstudy.train(cfg, run_id="whole", quiet=True)
 
     run_dir = tmp_path / "t" / "runs" / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "falstudy.train", str(cfg_path), "--run-id", "killed", "-q"],
+    proc = subprocess.Popen([sys.executable, "-m", "falstudy", "train", str(cfg_path), "--run-id", "killed", "-q"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 90
     while not (run_dir / "checkpoint.pt").exists() and time.time() < deadline:

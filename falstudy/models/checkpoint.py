@@ -16,6 +16,7 @@ from falstudy.atomic import atomic_write
 from falstudy.config import ModelConfig, RunConfig, validate
 from falstudy.errors import FalstudyError
 from falstudy.models.gpt import GPT
+from falstudy.store.layout import CHECKPOINT
 
 
 def build_model(cfg: ModelConfig | RunConfig) -> GPT:
@@ -40,7 +41,7 @@ def torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> An
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():  # a run folder
-        path = path / "checkpoint.pt"
+        path = path / CHECKPOINT
     if not path.is_file():
         raise FalstudyError(f"checkpoint {path} not found (train a run first, or pass a run folder)")
     try:

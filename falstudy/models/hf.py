@@ -24,6 +24,7 @@ import torch
 from falstudy.config import ModelConfig, RunConfig, validate
 from falstudy.errors import FalstudyError
 from falstudy.names import safe_name
+from falstudy.store.layout import CHECKPOINT
 
 # activations our MLP computes exactly (gelu with the tanh approximation)
 _GELU_TANH = {"gelu_new", "gelu_pytorch_tanh", "gelu_fast"}
@@ -31,7 +32,7 @@ _GELU_TANH = {"gelu_new", "gelu_pytorch_tanh", "gelu_fast"}
 
 def is_hf_dir(path: str | Path) -> bool:
     path = Path(path)
-    return path.is_dir() and (path / "config.json").is_file() and not (path / "checkpoint.pt").exists()
+    return path.is_dir() and (path / "config.json").is_file() and not (path / CHECKPOINT).exists()
 
 
 MAX_CONFIG_BYTES = 1 << 20

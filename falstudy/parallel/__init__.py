@@ -31,7 +31,6 @@ _EXPORTS = {
     "new_groups": "dp",
     "shard_batch": "dp",
     "allreduce_grads": "dp",
-    "broadcast_params": "dp",
     "wrap_ddp": "dp",
     "DistContext": "launch",
     "maybe_relaunch": "launch",

@@ -51,18 +51,8 @@ SHAPES = {  # name: (model fields, batch)
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
-    try:
-        from falstudy.store import write_parquet
-    except ImportError:  # the store is optional here: pandas, atomically
-        import os
+    from falstudy.store import write_parquet
 
-        import pandas as pd
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        pd.DataFrame(rows).to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-        return
     write_parquet(path, rows)
 
 

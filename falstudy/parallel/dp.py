@@ -79,16 +79,6 @@ def allreduce_grads(model: nn.Module, dp_group: Any, meter: CommMeter | None = N
         g.copy_(synced)
 
 
-def broadcast_params(model: nn.Module, dp_group: Any) -> None:
-    """Make every DP replica start from the weights of DP rank 0 (not needed with equal seeds)."""
-    if group_size_rank(dp_group)[0] == 1:
-        return
-    src = dist.get_global_rank(dp_group, 0) if dp_group is not None else 0
-    with torch.no_grad():
-        for t in list(model.parameters()) + list(model.buffers()):
-            dist.broadcast(t.data, src=src, group=dp_group)
-
-
 def wrap_ddp(model: nn.Module, dp_group: Any, device: torch.device | None = None) -> nn.Module:
     """torch DDP over the DP group (the alternative to ``allreduce_grads``); use ``.module`` for
     the model underneath. Under TP every DP group has one TP rank, so DDP sees one shard."""

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from falstudy.errors import FalstudyError
+from falstudy.store.layout import CHECKPOINT
 
 PROBE_NAMES = ("cka", "grads", "attn_removal", "bypass", "linear", "logit_lens")
 # which probes sample positions for a CKA estimate (and so need > 3 samples per minibatch)
@@ -81,7 +82,7 @@ def load_source(source: Any, device: torch.device) -> Loaded:
     from falstudy.models.checkpoint import load_checkpoint
 
     model, cfg = load_checkpoint(path, map_location=device)  # FalstudyError on shape mismatch
-    ckpt = path / "checkpoint.pt" if path.is_dir() else path
+    ckpt = path / CHECKPOINT if path.is_dir() else path
     step = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("step")
     run_dir = path if path.is_dir() else None
     run_id = cfg.run_id or (path.name if path.is_dir() else path.parent.name)
@@ -116,10 +117,8 @@ def make_batches(
     path = data if data is not None else loaded.data_path
     if path is None:
         raise FalstudyError("no data to probe with: pass data= (a prepared corpus folder or a token tensor)")
-    try:
-        from falstudy.data import TokenShards
-    except ImportError:
-        raise FalstudyError("falstudy.data is not available; pass data= as a token tensor") from None
+    from falstudy.data import TokenShards
+
     T = seq_len or min(block, 256)
     n_seq = math.ceil(tokens / T)
     b = min(batch_size, n_seq)

@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     import pandas
     from matplotlib.figure import Figure
 
-TP_KINDS = ("all_reduce_fwd", "all_reduce_bwd")
 TIMINGS_HINT = f"no timings table: {TABLE_HINTS['timings']}"
 BENCH_HINT = f"no tp_step benchmark file: {BENCH_HINTS['tp_step']}"
 

@@ -1,6 +1,7 @@
 """The spool: Parquet files that producers write without ever touching DuckDB.
 
-A run writes into ``results/<name>/runs/<run_id>/``; the sweep into ``results/<name>/sweep/``.
+A run writes into ``results/<name>/runs/<run_id>/`` (``falstudy.store.layout``); the sweep into
+``results/<name>/sweep/``.
 A file's table is its name up to the first ``-`` (or ``.parquet``): ``runs.parquet`` is a
 rewritable file of table ``runs``; ``metrics-000050.parquet`` is an append-only chunk of table
 ``metrics``. Every write is atomic (a hidden temp file in the same folder, fsync, then
@@ -170,6 +171,18 @@ class RunSpool:
     def write_table(self, table: str, rows: Any, part: str | int | None = None) -> Path:
         return write_parquet(self.path(table, part), rows, table=table)
 
+    def chunks(self, table: str) -> list[Path]:
+        """The chunk files of ``table`` here (``<table>-<part>.parquet``), sorted by name (by step
+        for int parts)."""
+        return sorted(self.run_dir.glob(f"{check_table_name(table)}-*{SUFFIX}"))
+
+    def drop_chunks_after(self, step: int, tables: tuple[str, ...] = ("metrics", "timings")) -> None:
+        """Remove the step-numbered chunks of ``tables`` past ``step`` (a resumed run writes them again)."""
+        for table in tables:
+            for path in self.chunks(table):
+                if int(path.stem.split("-")[1]) > step:
+                    path.unlink()
+
     def append(self, table: str, row: dict[str, Any]) -> None:
         check_table_name(table)
         self._buffers.setdefault(table, []).append(dict(row))
@@ -207,14 +220,17 @@ class MetricsBuffer:
         self._t0 = time.perf_counter()
 
     def log(self, step: int, split: str, *, tokens: int | None = None, elapsed_s: float | None = None,
-            **values: float) -> None:
+            **values: float) -> list[dict[str, Any]]:
+        """Buffer one row per value; returns the rows (the trainer keeps them for its caller)."""
         if tokens is None and self.tokens_per_step is not None:
             tokens = step * self.tokens_per_step
-        if elapsed_s is None:
-            elapsed_s = time.perf_counter() - self._t0
+        rows = []
         for name, value in values.items():
-            self._rows.append({"run_id": self.run_id, "step": step, "split": split, "name": name,
-                               "value": float(value), "tokens": tokens, "elapsed_s": elapsed_s})
+            rows.append({"run_id": self.run_id, "step": step, "split": split, "name": name, "value": float(value),
+                         "tokens": tokens,
+                         "elapsed_s": time.perf_counter() - self._t0 if elapsed_s is None else elapsed_s})
+        self._rows.extend(rows)
+        return rows
 
     def __len__(self) -> int:
         return len(self._rows)

@@ -5,9 +5,10 @@
     plan("sweeps/bypass.yaml")                   # what `falstudy sweep --dry-run` prints
     report = run_sweep("sweeps/bypass.yaml", workers=2)
 
-Modules: spec (the YAML format), study (storage, sampler, pruner, lock, queue), worker (ask ->
-run -> tell), trial (inside the trial subprocess), reap (dead RUNNING trials), records (the
-``trials`` table), progress (live view), driver (the command), cli (``register(app)``).
+Modules: spec (the YAML format: schema, grid and checks, re-exported), study (storage, sampler, pruner, lock, queue), worker (ask ->
+run -> tell), trial (inside the trial subprocess), contract (what those two pass each other,
+and the trials' user attributes), process (helpers they share), reap (dead RUNNING trials),
+records (the ``trials`` table), progress (live view), driver (the command), cli (``register(app)``).
 Nothing heavy is imported here; optuna loads inside the functions that use it.
 """
 

@@ -9,7 +9,8 @@ A RUNNING trial is dead when
 - its worker ran elsewhere and its heartbeat is older than ``stale_after_s``, or
 - it has no worker attributes at all (the worker died between ask and recording them) and
   started more than ``stale_after_s`` ago.
-Reaping tells Optuna FAIL with the reason and ``retry=True``; ``ensure_queue(resume=True)``
+(The attributes: ``falstudy.sweep.contract.TrialAttrs``.) Reaping tells Optuna FAIL with the
+reason and ``retry=True``; ``ensure_queue(resume=True)``
 then enqueues the same run again, which resumes from the run's last checkpoint.
 """
 
@@ -20,6 +21,8 @@ import socket
 import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
+
+from falstudy.sweep.contract import TrialAttrs
 
 if TYPE_CHECKING:
     import optuna
@@ -65,18 +68,18 @@ def process_alive(pid: int, start: int | None = None) -> bool:
 
 def why_dead(t: "optuna.trial.FrozenTrial", *, host: str, now: float, stale_after_s: float) -> str | None:
     """Why a RUNNING trial is dead, or None if it may be alive."""
-    ua = t.user_attrs
-    worker_host, pid = ua.get("worker_host"), ua.get("worker_pid")
+    ua = TrialAttrs.of(t)
+    worker_host, pid = ua.worker_host, ua.worker_pid
     if worker_host is None or pid is None:
         started = t.datetime_start.timestamp() if t.datetime_start else now
         if now - started > stale_after_s:
             return f"no worker recorded and started {now - started:.0f}s ago"
         return None
     if worker_host == host:
-        if not process_alive(int(pid), ua.get("worker_start")):
+        if not process_alive(int(pid), ua.worker_start):
             return f"its worker (pid {pid} on {host}) is gone"
         return None
-    beat = float(ua.get("heartbeat") or (t.datetime_start.timestamp() if t.datetime_start else now))
+    beat = float(ua.heartbeat or (t.datetime_start.timestamp() if t.datetime_start else now))
     if now - beat > stale_after_s:
         return f"its worker (pid {pid} on {worker_host}) has sent no heartbeat for {now - beat:.0f}s"
     return None

@@ -1,5 +1,6 @@
 """The ``trials`` table: one Parquet file per Optuna trial under ``results/<name>/sweep/``,
 rewritten when the trial's state changes, then ingested with the runs (SQL joins on run_id).
+Its columns are the trial's state and its user attributes (``falstudy.sweep.contract.TrialAttrs``).
 
 The study storage stays the source of truth; these files are its export. Exporting a trial
 again writes nothing when its row has not changed, so the ingester has nothing to redo.
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from falstudy.errors import FalstudyError
+from falstudy.sweep.contract import TrialAttrs
 
 if TYPE_CHECKING:
     import optuna
@@ -37,28 +39,28 @@ def _json(value: Any) -> str | None:
 
 
 def trial_row(study_name: str, t: "optuna.trial.FrozenTrial") -> dict[str, Any]:
-    ua = t.user_attrs
+    ua = TrialAttrs.of(t)
     duration = t.duration.total_seconds() if t.duration is not None else None
     return {
         "study": study_name,
         "trial_number": t.number,
-        "run_id": ua.get("run_id"),
+        "run_id": ua.run_id,
         "state": t.state.name,
-        "params_json": _json(t.params or ua.get("params") or {}),
+        "params_json": _json(t.params or ua.params or {}),
         "values_json": _json(t.values),
         "duration_s": duration,
-        "error": ua.get("error"),
-        "host": ua.get("worker_host"),
-        "pid": ua.get("worker_pid"),
+        "error": ua.error,
+        "host": ua.worker_host,
+        "pid": ua.worker_pid,
         "datetime_start": _iso(t.datetime_start),
         "datetime_complete": _iso(t.datetime_complete),
-        "kind": ua.get("kind"),
-        "seed": ua.get("seed"),
-        "status": ua.get("status"),
-        "trial_pid": ua.get("trial_pid"),
-        "rerun_of": ua.get("rerun_of"),
-        "retry": bool(ua.get("retry")) if t.state.name == "FAIL" else None,
-        "probe_error": ua.get("probe_error"),
+        "kind": ua.kind,
+        "seed": ua.seed,
+        "status": ua.status,
+        "trial_pid": ua.trial_pid,
+        "rerun_of": ua.rerun_of,
+        "retry": bool(ua.retry) if t.state.name == "FAIL" else None,
+        "probe_error": ua.probe_error,
     }
 
 

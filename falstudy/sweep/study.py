@@ -1,6 +1,6 @@
 """Spec -> Optuna study: storage, sampler, pruner, the study lock, and the trial queue.
 
-Facts of Optuna 5 this module is built around (see /work/shared/LIBRARIES.md):
+Facts of Optuna 5 this module is built around:
 - Samplers and pruners are not stored with a study: every process builds the same, seeded.
 - GridSampler repeats cells under parallel workers, so a grid is a queue: each cell is
   enqueued once (``enqueue_trial``) and workers pop them with ``ask``.
@@ -10,18 +10,8 @@ Every change to the queue (enqueue, pop, sample a new trial) happens under a stu
 (a file lock beside a journal file, a PostgreSQL advisory lock), so a grid is enqueued exactly once
 however many ``falstudy sweep`` processes start at once, and ``n_trials`` is exact.
 
-User attributes of every trial (the contract between the modules of this package):
-    kind         grid | sampled | repeat (a sampled point run again with another seed)
-    run_id       the run it trains; a re-run of the trial keeps it (and resumes the run)
-    seed         the run's seed
-    params       the parameters (also for WAITING trials, whose params Optuna hides)
-    worker_host, worker_pid, worker_start   who runs it (reap.py checks they are alive)
-    heartbeat    unix time, refreshed while it runs
-    trial_pid    the trial subprocess
-    status       the run's status (completed, pruned, diverged, failed, killed)
-    error        why it failed
-    retry        True: --resume re-runs it (its worker died, or it was interrupted)
-    rerun_of     the trial number it re-runs
+The user attributes of every trial (the contract between the modules of this package) and the
+study's own ``SPEC_ATTR``: ``falstudy.sweep.contract``.
 """
 
 from __future__ import annotations
@@ -37,6 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from falstudy.errors import FalstudyError
+from falstudy.store import layout
+from falstudy.sweep.contract import SPEC_ATTR, TrialAttrs, queued_attrs
 from falstudy.sweep.spec import Pruner, SweepSpec, cells
 
 if TYPE_CHECKING:
@@ -44,12 +36,11 @@ if TYPE_CHECKING:
 
 JOURNAL_NAME = "optuna.journal"
 JOURNAL_LOCK_GRACE_S = 120  # longer than any holder keeps the study lock (queueing a large grid)
-SPEC_ATTR = "falstudy_spec"
 
 
 def results_group(spec: SweepSpec, results_dir: str | Path | None = None) -> Path:
     """``results/<name>/``: the runs, the sweep's trials table, the DuckDB store, the journal."""
-    return Path(results_dir or spec.results_dir) / spec.name
+    return layout.group_dir(results_dir or spec.results_dir, spec.name)
 
 
 def storage_url(spec: SweepSpec, storage: str | None = None, results_dir: str | Path | None = None) -> str:
@@ -271,7 +262,7 @@ LIVE_STATES = ("WAITING", "RUNNING", "COMPLETE", "PRUNED")
 
 
 def retryable(trial: "optuna.trial.FrozenTrial", retry_failed: bool = False) -> bool:
-    return trial.state.name == "FAIL" and (bool(trial.user_attrs.get("retry")) or retry_failed)
+    return trial.state.name == "FAIL" and (bool(TrialAttrs.of(trial).retry) or retry_failed)
 
 
 def settled(trials: list["optuna.trial.FrozenTrial"], retry_failed: bool = False) -> bool:
@@ -322,7 +313,7 @@ def ensure_queue(study: "optuna.Study", spec: SweepSpec, *, resume: bool = False
 
 
 def enqueue(study: "optuna.Study", params: dict[str, Any], **attrs: Any) -> None:
-    study.enqueue_trial(params, user_attrs={"params": params, **attrs})
+    study.enqueue_trial(params, user_attrs=queued_attrs(params, **attrs))
 
 
 def trial_id(study: "optuna.Study", number: int) -> int:

@@ -1,7 +1,8 @@
 """What runs inside a trial's own process: ``python -m falstudy.sweep.trial PAYLOAD.json``.
 
 The worker writes the payload (the resolved run config, the study to report to, the objectives,
-the probes) and reads back ``result_path``: the run's status, the objective values, the error.
+the probes) and reads back ``result_path``: the run's status, the objective values, the error
+(both files: ``falstudy.sweep.contract``).
 Training reports the validation loss at every eval to Optuna (single-objective studies) and
 stops as "pruned" when the pruner says so. A crash here fails one trial, never the sweep.
 
@@ -22,19 +23,13 @@ import signal
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-# payload keys: storage, study, trial_number, trial_id, config, objectives, report, prune,
-# pruner, probes, result_path, parent_pid
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    """Atomically (a reader never sees half a file)."""
-    from falstudy.atomic import atomic_write
-
-    with atomic_write(path, "w") as fh:
-        fh.write(json.dumps(data, default=str))
+from falstudy.store.spool import RunSpool
+from falstudy.sweep.contract import TrialPayload, TrialResult
+from falstudy.sweep.process import die_with_parent, rank
 
 
 def spool_metrics(run_dir: Path):
@@ -42,7 +37,7 @@ def spool_metrics(run_dir: Path):
     import pandas as pd
     import pyarrow.parquet as pq
 
-    files = sorted(run_dir.glob("metrics-*.parquet"))
+    files = RunSpool(run_dir).chunks("metrics")
     if not files:
         return pd.DataFrame(columns=["step", "split", "name", "value"])
     return pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
@@ -51,7 +46,7 @@ def spool_metrics(run_dir: Path):
 def run_row(run_dir: Path) -> dict[str, Any] | None:
     import pyarrow.parquet as pq
 
-    path = run_dir / "runs.parquet"
+    path = RunSpool(run_dir).path("runs")
     if not path.is_file():
         return None
     rows = pq.read_table(path).to_pylist()
@@ -82,14 +77,9 @@ def objective_values(run_dir: Path, metrics: list[str]) -> tuple[list[float] | N
     return values, None
 
 
-def rank() -> int:
-    """Global rank under torchrun, 0 for a plain process."""
-    return int(os.environ.get("RANK", "0"))
-
-
-def _pruning_callback(payload: dict[str, Any]):
+def _pruning_callback(payload: TrialPayload):
     """on_eval for the trainer: report each eval's loss; True when the pruner says stop."""
-    if not payload.get("report") or rank() != 0:
+    if not payload.report or rank() != 0:
         return None
     import optuna
 
@@ -97,11 +87,11 @@ def _pruning_callback(payload: dict[str, Any]):
     from falstudy.sweep.study import build_pruner, make_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=payload["study"], storage=make_storage(payload["storage"]),
+    study = optuna.load_study(study_name=payload.study, storage=make_storage(payload.storage),
                               sampler=optuna.samplers.RandomSampler(),
-                              pruner=build_pruner(Pruner(**payload["pruner"])))
-    trial = optuna.Trial(study, payload["trial_id"])
-    prune = bool(payload.get("prune"))
+                              pruner=build_pruner(Pruner(**payload.pruner)))
+    trial = optuna.Trial(study, payload.trial_id)
+    prune = bool(payload.prune)
 
     def on_eval(step: int, val_loss: float) -> bool:
         if not math.isfinite(val_loss):
@@ -125,48 +115,49 @@ def lost_peer(err: BaseException) -> bool:
         any(k in text for k in ("Connection reset", "Connection closed", "closed by peer", "Broken pipe", "timed out"))
 
 
-def run(payload: dict[str, Any]) -> dict[str, Any]:
+def run(payload: TrialPayload) -> TrialResult:
     from falstudy.errors import FalstudyError
+    from falstudy.store import layout
     from falstudy.train import as_run_config
     from falstudy.train import train as train_run
 
     t0 = time.time()
-    cfg = as_run_config(payload["config"])
-    run_dir = Path(cfg.results_dir) / cfg.name / "runs" / cfg.run_id
-    out: dict[str, Any] = {"run_id": cfg.run_id, "run_dir": str(run_dir)}
+    cfg = as_run_config(payload.config)
+    run_dir = layout.run_dir_of(cfg)
+    out = TrialResult(status="running", run_id=cfg.run_id, run_dir=str(run_dir))  # every return sets the status
 
     previous = run_row(run_dir)
     if previous and previous.get("status") == "completed" and previous.get("final_step") == cfg.train.steps:
         # trained before its worker died (e.g. during probes): never retrain a finished run
         status, error = "completed", None
-        out["reused"] = True
+        out.reused = True
     else:
         try:
             result = train_run(cfg, quiet=True, resume=True, ingest=False, on_eval=_pruning_callback(payload))
         except KeyboardInterrupt:
-            return {**out, "status": "killed", "error": "interrupted (SIGTERM/SIGINT)"}
+            return replace(out, status="killed", error="interrupted (SIGTERM/SIGINT)")
         except FalstudyError as err:
-            return {**out, "status": "failed", "error": str(err)}
+            return replace(out, status="failed", error=str(err))
         except Exception as err:
             if not lost_peer(err):
                 raise
             # another rank died (killed, OOM): this one's collective failed; --resume re-runs it
-            return {**out, "status": "killed", "error": f"lost a peer rank: {str(err).splitlines()[0][:300]}"}
+            return replace(out, status="killed", error=f"lost a peer rank: {str(err).splitlines()[0][:300]}")
         status = result.status
         error = (run_row(run_dir) or {}).get("error") if status not in ("completed", "pruned") else None
     if rank() != 0:  # rank 0 reports for the trial
-        return {**out, "status": status}
-    out.update(status=status, error=error, final_step=(run_row(run_dir) or {}).get("final_step"))
+        return replace(out, status=status)
+    out = replace(out, status=status, error=error, final_step=(run_row(run_dir) or {}).get("final_step"))
     if status != "completed":
         return out
 
-    values, why = objective_values(run_dir, payload["objectives"])
+    values, why = objective_values(run_dir, payload.objectives)
     if values is None:
-        return {**out, "status": "failed", "error": why}
-    out["values"] = values
-    out["train_s"] = time.time() - t0
+        return replace(out, status="failed", error=why)
+    out.values = values
+    out.train_s = time.time() - t0
 
-    probes = payload.get("probes")
+    probes = payload.probes
     if probes:
         t1 = time.time()
         try:
@@ -175,33 +166,31 @@ def run(payload: dict[str, Any]) -> dict[str, Any]:
             run_probes(run_dir, probes["names"], probes["tokens"], probes["batch_size"],
                        options=probes.get("options") or None, quiet=True)
         except KeyboardInterrupt:
-            return {**out, "status": "killed", "error": "interrupted during probes (SIGTERM/SIGINT)"}
+            return replace(out, status="killed", error="interrupted during probes (SIGTERM/SIGINT)")
         except Exception as err:  # the run and its objectives stand; the probes are reported apart
             traceback.print_exc()
-            out["probe_error"] = f"{type(err).__name__}: {err}".splitlines()[0]
-        out["probe_s"] = time.time() - t1
-    evals = payload.get("evals")
+            out.probe_error = f"{type(err).__name__}: {err}".splitlines()[0]
+        out.probe_s = time.time() - t1
+    evals = payload.evals
     if evals:  # downstream evaluation (falstudy.eval); a failure is reported like a probe's
         try:
             from falstudy.eval import run_evals
 
             run_evals(run_dir, **evals)
         except KeyboardInterrupt:
-            return {**out, "status": "killed", "error": "interrupted during evals (SIGTERM/SIGINT)"}
+            return replace(out, status="killed", error="interrupted during evals (SIGTERM/SIGINT)")
         except Exception as err:
             traceback.print_exc()
-            out["probe_error"] = "; ".join(filter(None, [out.get("probe_error"), f"evals: {type(err).__name__}: {err}".splitlines()[0]]))
+            out.probe_error = "; ".join(filter(None, [out.probe_error, f"evals: {type(err).__name__}: {err}".splitlines()[0]]))
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    payload = json.loads(Path(args[0]).read_text())
+    payload = TrialPayload.read(args[0])
     if "RANK" in os.environ:  # under torchrun: its agent is the parent; follow it if it dies
-        from falstudy.sweep.worker import die_with_parent
-
         die_with_parent(signal.SIGTERM)
-    elif payload.get("parent_pid") and os.getppid() != payload["parent_pid"]:
+    elif payload.parent_pid and os.getppid() != payload.parent_pid:
         return 1  # the worker died before this process started: nobody would read the result
 
     def interrupted(signum, frame):
@@ -211,15 +200,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run(payload)
     except KeyboardInterrupt:
-        result = {"status": "killed", "error": "interrupted (SIGTERM/SIGINT)"}
+        result = TrialResult(status="killed", error="interrupted (SIGTERM/SIGINT)")
     except Exception as err:
         traceback.print_exc()
-        result = {"status": "failed", "error": f"{type(err).__name__}: {err}".splitlines()[0]}
+        result = TrialResult(status="failed", error=f"{type(err).__name__}: {err}".splitlines()[0])
     if rank() != 0:
         return 0  # rank 0 reports; a non-zero exit here would make torchrun stop it mid-report
-    write_json(payload["result_path"], result)
-    print(json.dumps(result), flush=True)
-    return 0 if result.get("status") in ("completed", "pruned") else 3
+    result.write(payload.result_path)
+    print(json.dumps(result.to_json(), default=str), flush=True)
+    return 0 if result.status in ("completed", "pruned") else 3
 
 
 if __name__ == "__main__":

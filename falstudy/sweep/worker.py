@@ -13,8 +13,6 @@ same way; one that diverged, crashed or ran past trial_timeout is final (--retry
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import json
 import os
 import re
 import signal
@@ -30,6 +28,8 @@ import typer
 
 from falstudy.errors import FalstudyError
 from falstudy.sweep import reap as R
+from falstudy.sweep.contract import TrialAttrs, TrialPayload, TrialResult, set_attrs
+from falstudy.sweep.process import die_with_parent
 from falstudy.sweep.records import SWEEP_DIR, export_trials, ingest_quietly
 from falstudy.sweep.slurm import task_attrs
 from falstudy.sweep.spec import SweepSpec, grid_values, load_spec, param_type, run_config_data
@@ -37,17 +37,6 @@ from falstudy.sweep.study import enqueue, open_study, results_group, study_lock,
 
 if TYPE_CHECKING:
     import optuna
-
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent(sig: int = signal.SIGKILL) -> None:
-    """Linux: deliver ``sig`` to this process when its parent dies (used before exec)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # not Linux: trial.py also checks its parent pid when it starts
-
 
 @dataclass
 class Stop:
@@ -106,7 +95,7 @@ def suggest(trial: "optuna.Trial", spec: SweepSpec) -> dict[str, Any]:
 
 
 def sampled_count(study: "optuna.Study") -> int:
-    return sum(t.user_attrs.get("kind") == "sampled" for t in study.get_trials(deepcopy=False))
+    return sum(TrialAttrs.of(t).kind == "sampled" for t in study.get_trials(deepcopy=False))
 
 
 def take_trial(study: "optuna.Study", cfg: WorkerConfig) -> "optuna.Trial | None":
@@ -136,7 +125,7 @@ def _take_locked(study: "optuna.Study", cfg: WorkerConfig):
     try:
         params = suggest(trial, spec)
     except ValueError as err:  # a queued value the spec no longer allows
-        trial.set_user_attr("error", f"params do not fit the spec's search space any more: {err}")
+        set_attrs(trial, {"error": f"params do not fit the spec's search space any more: {err}"})
         study.tell(trial, state=TrialState.FAIL)
         return "again"
     if fresh:
@@ -147,8 +136,7 @@ def _take_locked(study: "optuna.Study", cfg: WorkerConfig):
                     repeat_of=trial.number)
     mine = {"worker_host": R.host_name(), "worker_pid": os.getpid(), "worker_start": R.process_start(os.getpid()),
             "heartbeat": time.time(), **task_attrs()}
-    for key, value in {**(attrs if fresh else {}), **mine}.items():
-        trial.set_user_attr(key, value)
+    set_attrs(trial, {**(attrs if fresh else {}), **mine})
     return trial
 
 
@@ -198,7 +186,7 @@ def _rank_killed(log: Path) -> str | None:
     return "killed: " + ", ".join(f"rank {rank} by {name(code[1:])}" for rank, code in found)
 
 
-def outcome(result: dict[str, Any] | None, returncode: int | None, log: Path, *, stopped: bool,
+def outcome(result: TrialResult | None, returncode: int | None, log: Path, *, stopped: bool,
             timed_out: float | None) -> Outcome:
     """What to tell Optuna, from the trial's result file (or its absence)."""
     if result is None:
@@ -216,12 +204,12 @@ def outcome(result: dict[str, Any] | None, returncode: int | None, log: Path, *,
         if rank:  # torchrun stopped the other ranks when this one died
             why, killed = f"{why} ({rank}; --resume re-runs it)", True
         return Outcome("FAIL", error=f"{why}{': ' + tail if tail else ''}"[:2000], retry=stopped or killed)
-    status = result.get("status")
+    status = result.status
     if status == "completed":
-        return Outcome("COMPLETE", values=result["values"], status=status, probe_error=result.get("probe_error"))
+        return Outcome("COMPLETE", values=result.values, status=status, probe_error=result.probe_error)
     if status == "pruned":
         return Outcome("PRUNED", status=status)
-    error = result.get("error") or status
+    error = result.error or status
     if status == "killed" and timed_out is not None and not stopped:
         return Outcome("FAIL", status=status, error=f"trial_timeout of {timed_out:g}s exceeded; stopped")
     if status == "killed" and not stopped:  # e.g. torchrun stopping rank 0 after another rank died
@@ -247,11 +235,9 @@ def trial_command(payload_path: Path, backend: Any = None) -> list[str]:
 def run_trial(study: "optuna.Study", trial: "optuna.Trial", cfg: WorkerConfig) -> Outcome:
     from optuna.exceptions import UpdateFinishedTrialError
 
-    from falstudy.sweep.trial import write_json
-
     spec, number = cfg.spec, trial.number
-    attrs = trial.user_attrs
-    run_id, seed, params = attrs["run_id"], attrs["seed"], attrs["params"]
+    attrs = TrialAttrs.of(trial)
+    run_id, seed, params = attrs.run_id, attrs.seed, attrs.params
     work = cfg.group / SWEEP_DIR / "work"
     work.mkdir(parents=True, exist_ok=True)
     config = run_config_data(spec, params, seed, run_id, cfg.results_dir)
@@ -262,15 +248,15 @@ def run_trial(study: "optuna.Study", trial: "optuna.Trial", cfg: WorkerConfig) -
     stem = f"trial-{number:05d}"
     result_path, log_path = work / f"{stem}.result.json", work / f"{stem}.log"
     result_path.unlink(missing_ok=True)
-    payload = {
-        "storage": cfg.url, "study": spec.name, "trial_number": number, "trial_id": trial_id(study, number),
-        "config": config, "objectives": [o.metric for o in spec.objectives],
-        "report": not spec.multi_objective, "prune": spec.pruner.kind != "none",
-        "pruner": spec.pruner.model_dump(), "result_path": str(result_path), "parent_pid": os.getpid(),
-        "probes": spec.probes.model_dump() if spec.probes else None,
-        "evals": spec.evals.kwargs() if spec.evals else None,
-    }
-    write_json(work / f"{stem}.json", payload)
+    payload = TrialPayload(
+        storage=cfg.url, study=spec.name, trial_number=number, trial_id=trial_id(study, number),
+        config=config, objectives=[o.metric for o in spec.objectives],
+        report=not spec.multi_objective, prune=spec.pruner.kind != "none",
+        pruner=spec.pruner.model_dump(), result_path=str(result_path), parent_pid=os.getpid(),
+        probes=spec.probes.model_dump() if spec.probes else None,
+        evals=spec.evals.kwargs() if spec.evals else None,
+    )
+    payload.write(work / f"{stem}.json")
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if threads:
@@ -279,7 +265,7 @@ def run_trial(study: "optuna.Study", trial: "optuna.Trial", cfg: WorkerConfig) -
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(trial_command(work / f"{stem}.json", spec.backend), stdout=log, stderr=subprocess.STDOUT,
                                 env=env, preexec_fn=die_with_parent)
-    trial.set_user_attr("trial_pid", proc.pid)
+    set_attrs(trial, {"trial_pid": proc.pid})
     export_trials(study, cfg.group, [number])  # the RUNNING row: who runs it, where
     stopped, timed_out, last_beat = False, None, time.monotonic()
     while True:
@@ -302,9 +288,9 @@ def run_trial(study: "optuna.Study", trial: "optuna.Trial", cfg: WorkerConfig) -
         if now - last_beat > R.HEARTBEAT_S:
             last_beat = now
             with contextlib.suppress(UpdateFinishedTrialError):  # reaped by another host meanwhile
-                trial.set_user_attr("heartbeat", time.time())
+                set_attrs(trial, {"heartbeat": time.time()})
 
-    result = json.loads(result_path.read_text()) if result_path.is_file() else None
+    result = TrialResult.read(result_path) if result_path.is_file() else None
     # a stop (SIGTERM/Ctrl-C to the sweep) may reach the trial before this loop sees it
     out = outcome(result, proc.returncode, log_path, stopped=stopped or cfg.stop.requested, timed_out=timed_out)
     _tell(study, trial, out)
@@ -321,9 +307,7 @@ def _tell(study: "optuna.Study", trial: "optuna.Trial", out: Outcome) -> None:
     extra = {"status": out.status, "error": out.error, "retry": out.retry or None, "probe_error": out.probe_error}
     state = TrialState[out.state]
     try:
-        for key, value in extra.items():
-            if value is not None:
-                trial.set_user_attr(key, value)
+        set_attrs(trial, {key: value for key, value in extra.items() if value is not None})
         study.tell(trial, out.values if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True)
     except UpdateFinishedTrialError:
         # reaped as dead (a stale heartbeat) while it ran; its re-run resumes the same run
@@ -341,7 +325,7 @@ def work(cfg: WorkerConfig, *, echo=None) -> int:
         out = run_trial(study, trial, cfg)
         n += 1
         if echo:
-            echo(f"trial {trial.number} {trial.user_attrs.get('run_id')}: {out.state}"
+            echo(f"trial {trial.number} {TrialAttrs.of(trial).run_id}: {out.state}"
                  + (f" {out.values}" if out.values else "") + (f" ({out.error})" if out.error else ""))
     return n
 

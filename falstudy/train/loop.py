@@ -17,7 +17,6 @@ import contextlib
 import copy
 import math
 import secrets
-import time
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,6 +28,8 @@ import torch
 from falstudy.config import RunConfig, load_yaml, set_dotted, validate
 from falstudy.errors import FalstudyError
 from falstudy.provenance import now_iso, provenance
+from falstudy.store import layout as results_layout
+from falstudy.store.spool import MetricsBuffer, RunSpool
 from falstudy.train.layout import make_layout
 from falstudy.train.meter import ThroughputMeter
 from falstudy.train.schedule import lr_at
@@ -182,7 +183,6 @@ def _train(cfg: RunConfig, layout, quiet: bool, resume: bool, ingest: bool, on_e
            hooks: list[StepHook]) -> RunResult:
     from falstudy.models import GPT
     from falstudy.models.checkpoint import read_checkpoint, save_checkpoint
-    from falstudy.store import RunSpool
 
     t = cfg.train
     if t.threads:
@@ -192,10 +192,10 @@ def _train(cfg: RunConfig, layout, quiet: bool, resume: bool, ingest: bool, on_e
     seq_len = t.seq_len or cfg.model.block_size
     if cfg.run_id is None:
         cfg = cfg.model_copy(update={"run_id": layout.share(new_run_id(cfg))})
-    results_dir = Path(cfg.results_dir) / cfg.name
-    run_dir = results_dir / "runs" / cfg.run_id
-    spool = RunSpool(run_dir) if layout.is_main else _NoSpool()
-    ckpt_path = run_dir / "checkpoint.pt"  # under tp/dp, every host must see this folder to resume
+    results_dir = results_layout.group_dir(cfg.results_dir, cfg.name)
+    run_dir = results_layout.run_dir_of(cfg)
+    spool = RunSpool(run_dir) if layout.is_main else _NoSpool(run_dir)
+    ckpt_path = run_dir / results_layout.CHECKPOINT  # under tp/dp, every host must see this folder to resume
 
     from falstudy.models.size import check_fits
 
@@ -220,8 +220,8 @@ def _train(cfg: RunConfig, layout, quiet: bool, resume: bool, ingest: bool, on_e
         gen.set_state(state["data_rng"])
         torch.set_rng_state(state["torch_rng"])
         start_step, val_loss = state["step"], state.get("val_loss")
-        if layout.is_main:
-            _drop_chunks_after(run_dir, start_step)
+        if layout.is_main:  # chunks past the checkpoint are re-run: no step is stored twice
+            spool.drop_chunks_after(start_step)
 
     run_row = {
         "run_id": cfg.run_id,
@@ -254,31 +254,14 @@ def _train(cfg: RunConfig, layout, quiet: bool, resume: bool, ingest: bool, on_e
     tokens_per_step = t.batch_size * (layout.dp or 1) * seq_len  # the global batch
     meter = ThroughputMeter()
     metrics: list[dict] = []  # all rows, for the caller
-    pending: list[dict] = []  # rows not yet flushed
-    timings: list[dict] = []  # collective accounting not yet flushed (parallel runs)
-    t_start = time.perf_counter()
+    buffer = MetricsBuffer(spool, cfg.run_id, tokens_per_step=tokens_per_step)  # its clock starts here
 
     def record(step: int, split: str, **values: float) -> None:
-        for name, value in values.items():
-            row = {
-                "run_id": cfg.run_id,
-                "step": step,
-                "split": split,
-                "name": name,
-                "value": float(value),
-                "tokens": step * tokens_per_step,
-                "elapsed_s": time.perf_counter() - t_start,
-            }
-            pending.append(row)
-            metrics.append(row)
+        metrics.extend(buffer.log(step, split, **values))
 
     def flush(step: int) -> None:
-        if pending:
-            spool.write_table("metrics", pending, part=step)
-            pending.clear()
-        if timings:
-            spool.write_table("timings", timings, part=step)
-            timings.clear()
+        buffer.flush(step)  # metrics-<step>.parquet
+        spool.flush(step)  # the collective accounting (parallel runs): timings-<step>.parquet
 
     def checkpoint(step: int) -> None:
         model_state, optimizer_state = layout.state(model, optimizer)  # collective under tp/dp
@@ -334,7 +317,8 @@ def _train(cfg: RunConfig, layout, quiet: bool, resume: bool, ingest: bool, on_e
 
             if step % t.log_interval == 0 or step == t.steps:
                 loss_value = layout.mean(loss.detach())
-                timings.extend(layout.timing_rows(cfg.run_id, step))
+                for row in layout.timing_rows(cfg.run_id, step):
+                    spool.append("timings", row)
                 if not math.isfinite(loss_value):
                     status, error = "diverged", f"non-finite training loss ({loss_value}) at step {step}"
                     record(step, "train", loss=loss_value)
@@ -397,15 +381,7 @@ def _provenance_columns() -> dict[str, Any]:
     return {**prov, "torch_version": versions.get("torch"), "versions_json": json.dumps(versions)}
 
 
-def _drop_chunks_after(run_dir: Path, step: int) -> None:
-    """Chunks past the checkpoint are re-run; remove them so no step is stored twice."""
-    for table in ("metrics", "timings"):
-        for path in run_dir.glob(f"{table}-*.parquet"):
-            if int(path.stem.split("-")[1]) > step:
-                path.unlink()
-
-
-class _NoSpool:
+class _NoSpool(RunSpool):
     """What ranks other than 0 write: nothing (rank 0 records the run for all of them)."""
 
     def write_table(self, *args: Any, **kwargs: Any) -> None:
