@@ -110,6 +110,12 @@ def plan(spec_path: str | Path, *, workers: int | None = None, storage: str | No
     echo(f"  backend:    {backend.kind}" + ("" if backend.kind == "local" else f" nproc={backend.nproc} tp={backend.tp} dp={backend.dp}"))
     if spec.probes:
         echo(f"  probes:     {', '.join(spec.probes.names)} ({spec.probes.tokens} tokens) after training")
+    if spec.evals:
+        e = spec.evals
+        parts = [f"held-out bits/byte on {', '.join(e.heldout)}" if e.heldout else "",
+                 f"pairs {', '.join(e.pairs)}" if e.pairs else "", f"choices {', '.join(e.choices)}" if e.choices else "",
+                 f"lm-eval {', '.join(e.lm_eval)}" if e.lm_eval else ""]
+        echo(f"  evals:      {'; '.join(p for p in parts if p)} after training (docs/eval.md)")
     limits = [f"n_trials={spec.n_trials}" if spec.n_trials else "", f"timeout={spec.timeout:g}s" if spec.timeout else "",
               f"trial_timeout={spec.trial_timeout:g}s" if spec.trial_timeout else ""]
     if any(limits):
