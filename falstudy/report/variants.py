@@ -258,7 +258,7 @@ def importance_data(res: Results, study: str | None = None) -> "pandas.DataFrame
         raise MissingTable("parameter importance", f"{len(complete)} completed trial(s); importance needs at least 2")
     searched = sorted({p for t in complete for p in t.params})
     if len(searched) < 2:  # fANOVA's shares sum to 1: a lone parameter gets 1.0 whatever the data
-        raise MissingTable("a second searched parameter",
+        raise MissingTable("second searched parameter",
                            f"only {', '.join(searched) or 'no parameter'} was searched, so its importance is 1 by "
                            "construction; search two or more parameters (a `search:` with two keys) to rank them")
     rows = []
