@@ -483,8 +483,10 @@ def test_meter_rows():
     m.step_seconds = 2.0  # a known step time
     rows = {r["kind"]: r for r in m.rows("run", 7, 1)}
     assert rows["all_reduce_fwd"] == {"run_id": "run", "step": 7, "rank": 1, "kind": "all_reduce_fwd",
-                                      "count": 1, "bytes": 100, "seconds": 0.25}
+                                      "count": 1, "bytes": 100, "seconds": 0.25,
+                                      "in_flight_seconds": 0.25, "exposed_seconds": 0.25}  # synchronous
     assert rows["compute"]["seconds"] == pytest.approx(1.25) and rows["step"]["seconds"] == 2.0
+    assert rows["compute"]["exposed_seconds"] is None  # not a collective
     assert m.rows("run", 8, 1) == []  # reset after reading
     with m.paused():
         with m.timed("all_reduce_fwd", torch.ones(4)):
