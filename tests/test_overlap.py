@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from falstudy.parallel import costmodel, overlap
 from falstudy.parallel.comm import FWD, CommMeter, Launch, MegatronComm, Ready
 from test_parallel import free_port, init_worker, launch, read, run_workers, write  # noqa: E402  (tests/ is on sys.path)
 
@@ -136,3 +137,30 @@ def test_single_process_g_start_is_ready():
     x = torch.ones(3)
     p = comm.g_start(x)
     assert isinstance(p, Ready) and p.wait() is x
+
+
+# -- the cost model's overlap term -------------------------------------------------------------
+def test_overlap_term_hides_behind_the_next_module_only():
+    mods = [overlap.Module("a", 10.0, "async"), overlap.Module("b", 5.0, "async"), overlap.Module("c", 1.0, "async")]
+    # a behind b (5 s of compute hides all 3 s), b behind c (1 s: 2 s exposed), c is last (3 s)
+    assert overlap.exposed_forward(mods, 3.0, 1.0) == (9.0, 5.0)
+    sync = [overlap.Module(m.name, m.flops, "sync") for m in mods]
+    assert overlap.exposed_forward(sync, 3.0, 1.0) == (9.0, 9.0)
+
+
+@pytest.mark.parametrize("wiring", ["baseline", "parallel", "fal"])
+@pytest.mark.parametrize("preset", ["pcie4", "nvlink"])
+def test_overlap_model_equals_the_plain_model_without_async_collectives(wiring, preset):
+    shape = costmodel.GPT2_SHAPES["gpt2-small"]
+    plain = costmodel.breakdown(shape, 8, 4, preset, wiring, vocab_parallel=True)
+    over = overlap.breakdown(shape, 8, 4, preset, wiring, vocab_parallel=True)
+    assert over.total_s == pytest.approx(plain.total_s, rel=1e-12)
+    assert over.exposed_s == pytest.approx(plain.comm_s, rel=1e-12) and over.hidden_s == pytest.approx(0.0, abs=1e-15)
+    assert over.n_allreduce == plain.n_allreduce
+
+
+def test_module_flops_add_up_to_the_step():
+    shape = costmodel.GPT2_SHAPES["gpt2-medium"]
+    attn, mlp = overlap.module_flops(shape, 8, 2)
+    head = 3 * 8 * shape.seq_len * 2 * shape.n_embd * shape.vocab_size
+    assert 3 * shape.n_layer * (attn + mlp) + head == pytest.approx(costmodel.step_flops(shape, 8, 2), rel=1e-12)
