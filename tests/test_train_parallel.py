@@ -135,6 +135,10 @@ def test_bench_tp_measures_and_predicts_side_by_side(tmp_path):
     # 4 layers: baseline 2+2 per block, parallel 1+1; fal's source block 2+2, later ones 1+1, +1 for N_f(a_1)
     assert (steps.allreduce_fwd.to_dict(), steps.allreduce_bwd.to_dict()) == (
         {"baseline": 8, "parallel": 4, "fal": 5}, {"baseline": 8, "parallel": 4, "fal": 6})
+    # synchronous wirings hide nothing: in flight = exposed, measured and predicted
+    sync = steps.loc[["baseline", "parallel", "fal"]]
+    assert (sync.comm_exposed_s > 0).all() and (sync.comm_in_flight_s == sync.comm_exposed_s).all()
+    assert (sync.predicted_hidden_s.abs() < 1e-12).all()
     projection = pd.read_parquet(tmp_path / "tp_projection.parquet")
     assert set(projection.tp) == {2, 4, 8} and set(projection.preset) == {"pcie4", "nvlink"}
     assert (projection.fal_over_baseline < 1).all()

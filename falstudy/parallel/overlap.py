@@ -145,5 +145,36 @@ def gpt2_projection(batch: int = 8, tps: tuple[int, ...] = (2, 4, 8), presets: t
     return rows
 
 
-__all__ = ["LADDER_WIRINGS", "Module", "OverlapPrediction", "breakdown", "exposed_forward", "forward_modules",
+def available(wirings: tuple[str, ...] = LADDER_WIRINGS) -> tuple[str, ...]:
+    """Those of ``wirings`` this falstudy's ModelConfig knows (wiring names or presets)."""
+    from falstudy.errors import FalstudyError
+
+    out = []
+    for w in wirings:
+        try:
+            costmodel.GPT2_SHAPES["gpt2-small"].config(w)
+        except FalstudyError:
+            continue
+        out.append(w)
+    return tuple(out)
+
+
+def wide_projection(batch: int = 8, tps: tuple[int, ...] = (2, 4, 8),
+                    presets: tuple[str, ...] = ("pcie4", "nvlink")) -> list[dict[str, Any]]:
+    """``costmodel.gpt2_projection()``'s rows (fal and parallel against baseline, no overlap in
+    them), each with ``<w>_over_baseline``, ``<w>_s`` and ``<w>_hidden_share`` (hidden / in-flight
+    communication) added for the ladder wirings: the rows of tp_projection.parquet."""
+    rows = costmodel.gpt2_projection(batch, tps, presets)
+    ladders = available()
+    for row in rows:
+        shape = costmodel.GPT2_SHAPES[row["shape"]]
+        for w in ladders:
+            p = breakdown(shape, batch, row["tp"], row["preset"], w, vocab_parallel=True)
+            row[f"{w}_s"] = p.total_s
+            row[f"{w}_over_baseline"] = p.total_s / row["baseline_s"]
+            row[f"{w}_hidden_share"] = p.hidden_s / p.comm_s if p.comm_s else 0.0
+    return rows
+
+
+__all__ = ["available", "wide_projection", "LADDER_WIRINGS", "Module", "OverlapPrediction", "breakdown", "exposed_forward", "forward_modules",
            "gpt2_projection", "module_flops", "predict"]
