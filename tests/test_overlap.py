@@ -164,3 +164,14 @@ def test_module_flops_add_up_to_the_step():
     attn, mlp = overlap.module_flops(shape, 8, 2)
     head = 3 * 8 * shape.seq_len * 2 * shape.n_embd * shape.vocab_size
     assert 3 * shape.n_layer * (attn + mlp) + head == pytest.approx(costmodel.step_flops(shape, 8, 2), rel=1e-12)
+
+
+@pytest.mark.parametrize("variant", ["baseline", "parallel", "fal", "fal_first_block_fal", "no_attn", "llama_fal"])
+def test_forward_modules_match_the_forward_all_reduce_counts(variant):
+    from falstudy.config import RunConfig
+
+    cfg = RunConfig(variant=variant, model=dict(n_layer=4, n_embd=32, n_head=4, vocab_size=64, block_size=16)).model
+    shape = costmodel.Shape.of(cfg)
+    mods = overlap.forward_modules(cfg, shape, 2, 2)
+    assert len(mods) == costmodel.allreduce_counts(cfg)["fwd"]  # one forward all-reduce after each module
+    assert all(m.reduce == "sync" for m in mods)

@@ -25,8 +25,10 @@ from typing import Any
 from falstudy.parallel import costmodel
 from falstudy.parallel.costmodel import Shape, get_preset, step_flops
 
-# wirings whose forward g's are launched asynchronously and waited one module later
+# presets whose forward g's are launched asynchronously and waited one module later, and the
+# block roles that do it
 LADDER_WIRINGS = ("ladder", "fal_ladder")
+LADDER_ROLES = ("ladder", "fal_ladder")
 
 
 @dataclass(frozen=True)
@@ -56,9 +58,9 @@ def forward_modules(cfg: Any, shape: Shape, batch: int, tp: int) -> list[Module]
     from falstudy.models.gpt import block_roles
 
     attn, mlp = module_flops(shape, batch, tp)
-    mode = "async" if cfg.wiring in LADDER_WIRINGS else "sync"
     out: list[Module] = []
     for i, role in enumerate(block_roles(cfg)):
+        mode = "async" if role in LADDER_ROLES else "sync"
         if role in ("parallel", "fal", "fal_ladder"):  # MHA and MLP partial sums, one reduce
             out.append(Module(f"blocks.{i}", attn + mlp, mode))
         else:  # two sublayers, each with its own g (one, for the no_attn / no_mlp controls)
