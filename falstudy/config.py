@@ -20,6 +20,14 @@ Wiring = Literal["baseline", "parallel", "fal", "fal_plus", "no_attn", "no_mlp"]
 WIRINGS: tuple[str, ...] = Wiring.__args__  # type: ignore[attr-defined]
 
 
+def mlp_hidden(n_embd: int, mlp_ratio: float, mlp: str) -> int:
+    """The MLP's hidden width: ratio x d (gelu); 2/3 of it, rounded up to a multiple of 8, for
+    swiglu, which keeps the parameter count of a gelu MLP (three matrices instead of two)."""
+    if mlp == "swiglu":
+        return int(2 * mlp_ratio * n_embd / 3 + 7) // 8 * 8
+    return int(mlp_ratio * n_embd)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -75,10 +83,18 @@ class ModelConfig(_Strict):
     value_residual: bool = Field(False, description="later attentions mix their values with the first attention's (ResFormer)")
     value_residual_lambda: float = Field(0.5, ge=0, le=1, description="v_i <- lambda v_i + (1 - lambda) v_first")
     dense_dwa: bool = Field(False, description="DenseFormer: after each block, a learned weighted average of the embedding and all block outputs")
+    residual: Literal["standard", "ladder"] = Field(
+        "standard", description="ladder (Ladder Residual): each module reads the stream before the previous module's "
+        "output is added, so its all-reduce can overlap one module of compute; baseline and fal wirings, pre-LN"
+    )
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def mlp_hidden(self) -> int:
+        return mlp_hidden(self.n_embd, self.mlp_ratio, self.mlp)
 
     @property
     def fal_source_layers(self) -> list[int]:
@@ -106,6 +122,15 @@ class ModelConfig(_Strict):
                 )
             if self.fal_first_block == "fal" and len(self.fal_source_layers) > 1:
                 raise ValueError("fal_first_block='fal' needs a single source layer (not fal_source_mean)")
+        if self.residual == "ladder":
+            if self.wiring not in ("baseline", "fal"):
+                raise ValueError(f"residual='ladder' works on the baseline and fal wirings, not {self.wiring!r}")
+            clashes = [name for name, on in (("norm_placement='post'", self.norm_placement == "post"),
+                                             ("dense_dwa", self.dense_dwa), ("residual_gates", self.residual_gates),
+                                             ("fal_first_block='fal'", self.wiring == "fal" and self.fal_first_block == "fal"))
+                       if on]
+            if clashes:
+                raise ValueError(f"residual='ladder' does not combine with {', '.join(clashes)}; drop one of them")
         for i in self.ablate_layers or []:
             if not 0 <= i < self.n_layer:
                 raise ValueError(f"ablate_layers has layer {i}; layers are 0..{self.n_layer - 1}")

@@ -68,6 +68,9 @@ def reference_logits(model: GPT, idx: torch.Tensor) -> torch.Tensor:
         s = norm(a_src) if norm is not None else a_src
         return b.fal_gate * s if b.fal_gate is not None else s
 
+    if cfg.residual == "ladder":
+        return model.lm_head(model.ln_f(ladder_stream(model, x, attention, substitute, attn_outs)))
+
     for i, b in enumerate(blocks):
         role = model.roles[i]
         ln1, ln2 = b.ln_1, (b.ln_2 if b.ln_2 is not None else b.ln_1)
@@ -109,6 +112,28 @@ def reference_logits(model: GPT, idx: torch.Tensor) -> torch.Tensor:
     return model.lm_head(model.ln_f(x))
 
 
+def ladder_stream(model: GPT, x, attention, substitute, attn_outs) -> torch.Tensor:
+    """Ladder residual (Zhang et al. 2025): modules k = 0..K-1 (a serial block's MHA then MLP; a
+    fal block whole) with o_k = F_k(LN r_{k-1}) and r_k = r_{k-1} + o_{k-1}: each module reads the
+    stream before the previous module's output is added. The final stream adds the last o."""
+    cfg, modules = model.config, []
+    for i, b in enumerate(model.blocks):
+        if model.roles[i] == "ladder":
+            modules += [lambda r, b=b, i=i: attn_outs.setdefault(i, attention(b, b.ln_1(r))),
+                        lambda r, b=b: b.mlp(b.ln_2(r))]
+        else:  # fal_ladder: o = MHA(LN r) + MLP(fal input), one module
+            def fal(r, b=b):
+                ln2, s = (b.ln_2 if b.ln_2 is not None else b.ln_1), substitute(b)
+                m_in = {"ln_plus_nf": ln2(r) + s, "ln_sum": ln2(r + s), "nf_only": s}[cfg.fal_mlp_input]
+                return attention(b, b.ln_1(r)) + b.mlp(m_in)
+            modules.append(fal)
+    r, o_prev = x, torch.zeros_like(x)
+    for F in modules:
+        o = F(r)  # reads r_{k-1}, which does not hold o_{k-1} yet
+        r, o_prev = r + o_prev, o
+    return r + o_prev
+
+
 CASES = [(v, {}) for v in VARIANTS] + [
     ("fal", {"fal_source_layer": 1}),
     ("fal", {"fal_source_mean": 2}),
@@ -125,6 +150,14 @@ CASES = [(v, {}) for v in VARIANTS] + [
 ] + [
     ("llama_fal", {"norm_placement": "post", "residual_gates": True, "value_residual": True, "dense_dwa": True}),
     ("no_attn", {"ablate_layers": [0], "value_residual": True}),  # the first values come from layer 1
+] + [  # ladder residual with the switches it combines with
+    ("ladder", {"value_residual": True}),
+    ("ladder", {"norm": "rmsnorm", "mlp": "swiglu", "pos": "rope", "bias": False}),
+    ("fal_ladder", {"fal_gate": True, "fal_norm": "per_layer", "shared_ln": False}),
+    ("fal_ladder", {"fal_mlp_input": "ln_sum"}),
+    ("fal_ladder", {"fal_mlp_input": "nf_only", "value_residual": True}),
+    ("fal_ladder", {"fal_source_mean": 2}),
+    ("fal_ladder", {"fal_source_layer": 1}),
 ]
 
 
@@ -229,6 +262,8 @@ def test_no_attn_and_no_mlp_remove_sublayers():
         ({"fal_source_layer": 5, "wiring": "fal"}, "source layer 5 does not exist"),
         ({"ablate_layers": [9]}, "ablate_layers has layer 9"),
         ({"n_layers": 4}, "model.n_layers: unknown field"),
+        ({"residual": "ladder", "wiring": "parallel"}, "residual='ladder' works on the baseline and fal wirings"),
+        ({"residual": "ladder", "norm_placement": "post"}, "does not combine with norm_placement='post'"),
     ],
 )
 def test_bad_model_configs_name_the_field(fields, needle):
@@ -283,6 +318,11 @@ class CountingComm:
     def g(self, x):
         self.fwd += 1
         return x
+
+    def g_start(self, x):  # ladder blocks: a g waited for one module later
+        from falstudy.models.gpt import Ready
+
+        return Ready(self.g(x))
 
 
 COUNT_CASES = [(v, {}) for v in VARIANTS] + [

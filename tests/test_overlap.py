@@ -166,7 +166,8 @@ def test_module_flops_add_up_to_the_step():
     assert 3 * shape.n_layer * (attn + mlp) + head == pytest.approx(costmodel.step_flops(shape, 8, 2), rel=1e-12)
 
 
-@pytest.mark.parametrize("variant", ["baseline", "parallel", "fal", "fal_first_block_fal", "no_attn", "llama_fal"])
+@pytest.mark.parametrize("variant", ["baseline", "parallel", "fal", "fal_first_block_fal", "no_attn", "llama_fal",
+                                     "ladder", "fal_ladder"])
 def test_forward_modules_match_the_forward_all_reduce_counts(variant):
     from falstudy.config import RunConfig
 
@@ -174,4 +175,22 @@ def test_forward_modules_match_the_forward_all_reduce_counts(variant):
     shape = costmodel.Shape.of(cfg)
     mods = overlap.forward_modules(cfg, shape, 2, 2)
     assert len(mods) == costmodel.allreduce_counts(cfg)["fwd"]  # one forward all-reduce after each module
-    assert all(m.reduce == "sync" for m in mods)
+    assert all(m.reduce == ("async" if "ladder" in variant else "sync") for m in mods)
+    if variant == "fal_ladder":  # block 0 is a (serial) ladder block, then one module per block
+        assert [m.name for m in mods] == ["blocks.0.attn", "blocks.0.mlp", "blocks.1", "blocks.2", "blocks.3"]
+
+
+@pytest.mark.parametrize("preset", ["pcie4", "nvlink"])
+@pytest.mark.parametrize("tp", [2, 8])
+def test_ladder_hides_forward_communication_in_the_cost_model(preset, tp):
+    shape = costmodel.GPT2_SHAPES["gpt2-medium"]
+    p = {w: overlap.breakdown(shape, 8, tp, preset, w, vocab_parallel=True) for w in ("baseline", "ladder", "fal", "fal_ladder")}
+    for plain, ladder in (("baseline", "ladder"), ("fal", "fal_ladder")):
+        assert p[ladder].n_allreduce == p[plain].n_allreduce and p[ladder].comm_s == pytest.approx(p[plain].comm_s)
+        assert p[ladder].hidden_s > 0 and p[ladder].total_s < p[plain].total_s
+        # at most the forward all-reduces but the last one can hide; backward and the head's stay exposed
+        fwd = costmodel.allreduce_counts(shape.config(ladder))["fwd"]
+        t_ar = costmodel.get_preset(preset).link.allreduce_s(p[ladder].bytes_per_allreduce, tp)
+        assert p[ladder].hidden_s <= (fwd - 1) * t_ar * (1 + 1e-12)
+    rows = overlap.wide_projection(tps=(tp,), presets=(preset,))
+    assert all(r["fal_ladder_over_baseline"] < r["fal_over_baseline"] < 1 for r in rows)

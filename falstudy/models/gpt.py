@@ -9,6 +9,8 @@ attention output (``N_f(a_1)`` in the paper; layer 0 here).
     fal        x' = x + a(LN x) + m(LN x + s)          (form: ln_plus_nf | ln_sum | nf_only)
     fal_plus   h = x + a(LN1 x);            x' = h + m(LN2(h + s))     (F+2; F+1 and F+3 too)
     no_attn    x' = x + m(LN2 x)            no_mlp   x' = x + a(LN1 x)
+    ladder     (residual="ladder", on baseline or fal) each module reads the stream before the
+               previous module's output is added: a = a(LN1 x); h = x + m_prev; m = m(LN2 h); x' = h + a
 
 Related wirings, orthogonal to the above (config switches; docs/study.md):
 ``norm_placement="post"`` (sublayers read x, the stream is normalised after each residual add),
@@ -23,10 +25,14 @@ parallelism needs its two operators: ``comm.f`` (identity forward, all-reduce ba
 replicated tensor entering column-parallel linears, and ``comm.g`` (all-reduce forward, identity
 backward) on partial sums leaving row-parallel linears. On one device both are the identity;
 ``falstudy.parallel`` swaps ``comm`` for real ones. Parallel-form blocks (parallel, fal) add the
-MHA and MLP partial sums before a single ``g``: that is the all-reduce FAL saves.
+MHA and MLP partial sums before a single ``g``: that is the all-reduce FAL saves. Ladder blocks
+call ``comm.g_start`` instead of ``comm.g`` and ``.wait()`` one module later, where the result is
+first needed, so under TP the all-reduce can overlap that module's compute.
 
-Probe sites (stable names, the same for every wiring; see ``SITES``) are submodules, so nnsight
-addresses them as ``model.blocks[i].attn.output``, ``model.blocks[i].mlp.input`` and so on.
+Each block is built from its plan (falstudy.models.wiring.BlockPlan): which submodules exist,
+where f and g stand, which form its forward runs. Probe sites (falstudy.models.catalogue; the
+same names for every wiring) are submodules, so nnsight addresses them as
+``model.blocks[i].attn.output``, ``model.blocks[i].mlp.input`` and so on.
 """
 
 from __future__ import annotations
@@ -38,25 +44,39 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from falstudy.config import ModelConfig
+from falstudy.models.catalogue import CATALOGUE
+from falstudy.models.wiring import BlockPlan, block_plans, block_roles  # noqa: F401  (block_roles: re-exported)
 
-SITES: dict[str, str] = {
-    "blocks.{i}.resid_pre": "output: residual stream entering block i",
-    "blocks.{i}.attn": "output: MHA output a_i (after the output projection)",
-    "blocks.{i}.resid_mid": "output: x_i + a_i, the residual after attention (the paper's h)",
-    "blocks.{i}.mlp": "input: what the MLP reads; output: the MLP output m_i",
-    "blocks.{i}.resid_post": "output: block output x_{i+1}",
-    "blocks.{i}.fal_src": "output: substitute signal s made at the (last) source block (fal, fal_plus)",
-    "blocks.{i}.fal_in": "output: the substitute term block i's MLP (or stream) receives",
-    "ln_f": "output: final norm before the unembedding",
-}
+SITES: dict[str, str] = {s.name: s.meaning for s in CATALOGUE}  # the probe sites, by module path
 
 
 class Tap(nn.Identity):
     """A named probe site: the identity, so hooks and nnsight can read or replace the value."""
 
+    def observed(self) -> bool:
+        """Whether anything reads this site: a hook (its own or a global one) or a wrapper that
+        replaced its forward (nnsight). A site that costs work of its own is computed only then."""
+        from torch.nn.modules import module as M
+
+        return bool(self._forward_hooks or self._forward_pre_hooks or M._global_forward_hooks
+                    or M._global_forward_pre_hooks or "forward" in self.__dict__)
+
+
+class Ready:
+    """An all-reduce that has finished (one device, or a synchronous one): ``wait()`` gives it."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: torch.Tensor):
+        self.value = value
+
+    def wait(self) -> torch.Tensor:
+        return self.value
+
 
 class LocalComm:
-    """Single device: Megatron's f and g are both the identity."""
+    """Single device: Megatron's f and g are both the identity. ``g_start`` begins a g whose
+    result is needed later (ladder blocks): it returns a pending whose ``wait()`` gives it."""
 
     world_size = 1
 
@@ -67,6 +87,10 @@ class LocalComm:
     @staticmethod
     def g(x: torch.Tensor) -> torch.Tensor:
         return x
+
+    @staticmethod
+    def g_start(x: torch.Tensor) -> Ready:
+        return Ready(x)
 
 
 LOCAL = LocalComm()
@@ -111,6 +135,22 @@ class ValueResidual:
         return self.lam * v + (1.0 - self.lam) * self.first
 
 
+class Ladder:
+    """Carries one started all-reduce from a module to the next for one forward pass (Ladder
+    residual): a module pushes its output's ``g_start``; the next module pops it and waits for
+    it where it adds it to the stream, after starting its own."""
+
+    def __init__(self):
+        self.started = None
+
+    def push(self, started) -> None:
+        self.started = started
+
+    def pop(self):
+        started, self.started = self.started, None
+        return started
+
+
 class Attention(nn.Module):
     """Causal MHA with separate q/k/v projections (column-shardable by heads)."""
 
@@ -144,11 +184,9 @@ class MLP(nn.Module):
         super().__init__()
         d = cfg.n_embd
         self.swiglu = cfg.mlp == "swiglu"
-        if self.swiglu:  # 2/3 of the width keeps the parameter count of a gelu MLP
-            hidden = int(2 * cfg.mlp_ratio * d / 3 + 7) // 8 * 8
+        hidden = cfg.mlp_hidden
+        if self.swiglu:
             self.fc_gate = nn.Linear(d, hidden, bias=cfg.bias)
-        else:
-            hidden = int(cfg.mlp_ratio * d)
         self.fc1 = nn.Linear(d, hidden, bias=cfg.bias)
         self.fc2 = nn.Linear(hidden, d, bias=cfg.bias)
 
@@ -158,77 +196,137 @@ class MLP(nn.Module):
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
-def block_roles(cfg: ModelConfig) -> list[str]:
-    """The wiring of each block: baseline | parallel | fal | fal_source | fal_plus | no_attn | no_mlp."""
-    L = cfg.n_layer
-    if cfg.wiring in ("no_attn", "no_mlp"):
-        ablated = set(range(L) if cfg.ablate_layers is None else cfg.ablate_layers)
-        return [cfg.wiring if i in ablated else "baseline" for i in range(L)]
-    if cfg.wiring in ("baseline", "parallel"):
-        return [cfg.wiring] * L
-    last = max(cfg.fal_source_layers)
-    roles = ["baseline"] * (last + 1) + [cfg.wiring] * (L - last - 1)
-    if cfg.wiring == "fal" and cfg.fal_first_block == "fal":
-        roles[last] = "fal_source"
-    return roles
-
-
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int, role: str):
+    """One block, built from its plan (falstudy.models.wiring): every optional submodule is an
+    attribute on every block, None where the plan has none. ``forward`` runs the plan's form."""
+
+    def __init__(self, cfg: ModelConfig, plan: BlockPlan):
         super().__init__()
-        self.layer, self.role = layer, role
+        self.plan, self.layer, self.role = plan, plan.layer, plan.role
         self.comm = LOCAL
         self.run_branches = run_sequential
-        parallel_form = role in ("parallel", "fal", "fal_source")
-        has_attn, has_mlp = role != "no_attn", role != "no_mlp"
-        ln_sum = cfg.wiring == "fal" and cfg.fal_mlp_input == "ln_sum"
-
+        self.post = plan.post  # post-LN: sublayers read the stream; each residual add is normalised
         self.resid_pre, self.resid_mid, self.resid_post = Tap(), Tap(), Tap()
-        self.ln_1 = make_norm(cfg) if has_attn else None
-        self.attn = Attention(cfg) if has_attn else None
-        # parallel-form blocks share one LN between MHA and MLP unless shared_ln=False
-        own_ln_2 = has_mlp and not (parallel_form and cfg.shared_ln and has_attn)
-        self.ln_2 = make_norm(cfg) if own_ln_2 else None
-        self.mlp = MLP(cfg) if has_mlp else None
+        self.ln_1 = make_norm(cfg) if plan.ln_1 else None
+        self.attn = Attention(cfg) if plan.attn else None
+        self.ln_2 = make_norm(cfg) if plan.ln_2 else None
+        self.mlp = MLP(cfg) if plan.mlp else None
         self.drop = nn.Dropout(cfg.dropout)
-        # post-LN: each residual add is followed by ln_1 (attention, or a parallel-form block's
-        # single add) or ln_2 (MLP); the sublayers then read the stream as it is
-        self.post = cfg.norm_placement == "post"
-        if self.post and parallel_form:
-            self.ln_2 = None  # one add, one norm
-        # residual gates: gate_1 on the attention update (or a parallel block's single update),
-        # gate_2 on the MLP update where it is added on its own
         # DenseFormer: this block's weights over (embedding, outputs of blocks 0..layer), identity at init
-        self.dwa = nn.Parameter(F.one_hot(torch.tensor(layer + 1), layer + 2).float()) if cfg.dense_dwa else None
+        self.dwa = nn.Parameter(F.one_hot(torch.tensor(plan.layer + 1), plan.layer + 2).float()) if plan.dwa else None
         gate = lambda: nn.Parameter(torch.full((1,), float(cfg.residual_gate_init)))  # noqa: E731
-        self.gate_1 = gate() if cfg.residual_gates and has_attn else None
-        self.gate_2 = gate() if cfg.residual_gates and has_mlp and role not in ("parallel", "fal") else None
+        self.gate_1 = gate() if plan.gate_1 else None
+        self.gate_2 = gate() if plan.gate_2 else None
+        # the substitute signal: made at the last source block, taken by each consumer
+        self.fal_norm = make_norm(cfg) if plan.fal_norm else None
+        self.fal_src = Tap() if plan.emits_src else None
+        self.fal_norm_in = make_norm(cfg) if plan.fal_norm_in else None
+        self.fal_gate = nn.Parameter(torch.zeros(1)) if plan.fal_gate else None
+        self.fal_in = Tap() if plan.consumes_src else None
 
-        # the source side: accumulate a (mean of the first m) and emit s at the last source
-        sources = cfg.fal_source_layers if cfg.uses_fal_source else []
-        self.source_weight = 1.0 / len(sources) if layer in sources else 0.0
-        self.emits_src = bool(sources) and layer == max(sources)
-        uses_nf = cfg.uses_fal_source and not ln_sum
-        self.src_feeds_linear = (cfg.wiring == "fal" and not ln_sum) or (
-            cfg.wiring == "fal_plus" and cfg.fal_plus_form == "f3"
-        )
-        per_block_src_work = cfg.fal_norm == "per_layer" or cfg.fal_gate
-        if self.emits_src:
-            self.fal_norm = make_norm(cfg) if uses_nf and cfg.fal_norm == "shared" else None
-            # one f for the whole stack: each consumer adds its gradient locally, one reduce
-            self.f_at_source = self.src_feeds_linear and not per_block_src_work
-            self.fal_src = Tap()
+    def forward(self, x: torch.Tensor, src: torch.Tensor | None = None, rope=None,
+                values: ValueResidual | None = None, history: list[torch.Tensor] | None = None,
+                ladder: "Ladder | None" = None):
+        """Returns (block output, substitute signal for later blocks). ``history`` (DenseFormer):
+        the embedding and the earlier blocks' outputs; this block appends its own. ``ladder``: the
+        output of the previous module, started but not yet added to ``x``."""
+        x = self.resid_pre(x)
+        out, a, src = getattr(self, f"_{self.plan.form}")(x, src, rope, values, ladder)
+        if self.dwa is not None:  # the stream after this block: a weighted average over depth
+            history.append(out)
+            out = sum(w * h for w, h in zip(self.dwa, history))
+        out = self.resid_post(out)
+        if self.plan.source_weight and self.plan.form != "source":
+            src = self._collect_src(a, src)
+        return out, src
 
-        # the consumer side
-        self.consumes_src = role in ("fal", "fal_source", "fal_plus")
-        if self.consumes_src:
-            self.fal_norm_in = make_norm(cfg) if uses_nf and cfg.fal_norm == "per_layer" else None
-            self.fal_gate = nn.Parameter(torch.zeros(1)) if cfg.fal_gate else None
-            self.f_at_consumer = self.src_feeds_linear and per_block_src_work
-            self.fal_in = Tap()
-            self.mlp_input = cfg.fal_mlp_input if cfg.wiring == "fal" else cfg.fal_plus_form
+    # -- the forms (falstudy.models.wiring.FORMS); each returns (out, a, src) ---------------------
+    def _serial(self, x, src, rope, values, ladder):
+        """baseline:  h = x + a(LN1 x);  x' = h + m(LN2 h)
+        fal_plus:  the MLP input gains s: f1 h += s | f2 m(LN2(h + s)) | f3 m(LN2 h + s)"""
+        c = self.comm
+        a = self.drop(c.g(self._attend(self._in(self.ln_1, x), rope, values)))
+        h = self._add(self.ln_1, x, a, self.gate_1)
+        if self.plan.consumes_src:
+            s = self._take_src(src)
+            if self.plan.mlp_input == "f1":  # the term also enters the stream
+                h = h + s
+                mlp_in = c.f(self._in(self.ln_2, h))
+            elif self.plan.mlp_input == "f2":
+                mlp_in = c.f(self._in(self.ln_2, h + s))
+            else:  # f3
+                mlp_in = c.f(self._in(self.ln_2, h)) + s
+        else:
+            mlp_in = c.f(self._in(self.ln_2, h))
+        h = self.resid_mid(h)
+        return self._add(self.ln_2, h, self.drop(c.g(self.mlp(mlp_in))), self.gate_2), a, src
+
+    def _parallel(self, x, src, rope, values, ladder):
+        """parallel:  x' = x + g(a(LN x) + m(LN x))       fal:  x' = x + g(a(LN x) + m(LN x + s))
+        (fal forms: ln_plus_nf LN x + s | ln_sum LN(x + s) | nf_only s; one all-reduce for both)"""
+        a, m = self._branches(x, src, rope, values)
+        if self.resid_mid.observed():  # a probe site only (in TP ``a`` is a partial sum here)
+            self.resid_mid(x + a)
+        return self._add(self.ln_1, x, self.drop(self.comm.g(a + m)), self.gate_1), a, src
+
+    def _source(self, x, src, rope, values, ladder):
+        """The source block in fal form: s = N_f(a);  x' = x + a + m(LN x + s), two all-reduces."""
+        c = self.comm
+        fn = c.f(self._in(self.ln_1, x))
+        a = self.drop(c.g(self.attn(fn, rope, values)))
+        src = self._make_src(a)
+        m = self.drop(c.g(self.mlp(self._fal_mlp_input(x, fn, self._take_src(src)))))
+        h = self.resid_mid(x + (self.gate_1 * a if self.gate_1 is not None else a))
+        return self._add(self.ln_1, h, m, self.gate_2), a, src
+
+    def _no_attn(self, x, src, rope, values, ladder):
+        """x' = x + m(LN2 x)"""
+        m = self.drop(self.comm.g(self.mlp(self.comm.f(self._in(self.ln_2, x)))))
+        return self._add(self.ln_2, self.resid_mid(x), m, self.gate_2), None, src
+
+    def _no_mlp(self, x, src, rope, values, ladder):
+        """x' = x + a(LN1 x)"""
+        a = self.drop(self.comm.g(self._attend(self._in(self.ln_1, x), rope, values)))
+        return self.resid_mid(self._add(self.ln_1, x, a, self.gate_1)), a, src
+
+    def _ladder(self, x, src, rope, values, ladder):
+        """Ladder residual, serial blocks (modules MHA, MLP; each reads the stream before the
+        previous module's output o_prev is added):
+            a = a(LN1 x);   h = x + o_prev;   m = m(LN2 h);   x' = h + a;   m is pending
+        Each all-reduce is started (g_start) and waited one module later, so under TP it can
+        overlap the next module's compute."""
+        c = self.comm
+        a_started = c.g_start(self._attend(self.ln_1(x), rope, values))
+        prev = ladder.pop()  # the previous MLP's output (None in block 0)
+        h = self.resid_mid(x if prev is None else x + self.drop(prev.wait()))
+        ladder.push(c.g_start(self.mlp(c.f(self.ln_2(h)))))
+        a = self.drop(a_started.wait())
+        return h + a, a, src
+
+    def _ladder_parallel(self, x, src, rope, values, ladder):
+        """Ladder residual, parallel-form blocks (fal_ladder): the block is one module,
+            o = g(a(LN x) + m(LN x + s));   x' = x + o_prev;   o is pending"""
+        a, m = self._branches(x, src, rope, values)
+        if self.resid_mid.observed():  # a probe site only
+            self.resid_mid(x + a)
+        prev = ladder.pop()  # the previous module's output (None in block 0)
+        ladder.push(self.comm.g_start(a + m))
+        return (x if prev is None else x + self.drop(prev.wait())), a, src
 
     # -- pieces ----------------------------------------------------------------------------
+    def _branches(self, x, src, rope, values):
+        """A parallel-form block's independent MHA and MLP (falstudy.parallel.concurrent may
+        overlap them) on one f'd LN x; the MLP reads its own norm, or LN x + s (fal)."""
+        c = self.comm
+        fn = c.f(self._in(self.ln_1, x))
+
+        def mlp_branch() -> torch.Tensor:
+            if not self.plan.consumes_src:
+                return self.mlp(fn if self.ln_2 is None else c.f(self.ln_2(x)))
+            return self.mlp(self._fal_mlp_input(x, fn, self._take_src(src)))
+
+        return self.run_branches(lambda: self.attn(fn, rope, values), mlp_branch)
+
     def _attend(self, n: torch.Tensor, rope, values) -> torch.Tensor:
         return self.attn(self.comm.f(n), rope, values)
 
@@ -241,87 +339,27 @@ class Block(nn.Module):
         out = t + (gate * update if gate is not None else update)
         return norm(out) if self.post else out
 
+    def _collect_src(self, a: torch.Tensor, src: torch.Tensor | None) -> torch.Tensor:
+        """The source side: accumulate a (the mean of the first m); emit s at the last source."""
+        contribution = a * self.plan.source_weight
+        src = contribution if src is None else src + contribution
+        return self._make_src(src) if self.plan.emits_src else src
+
     def _make_src(self, acc: torch.Tensor) -> torch.Tensor:
         s = self.fal_norm(acc) if self.fal_norm is not None else acc
-        return self.fal_src(self.comm.f(s) if self.f_at_source else s)
+        return self.fal_src(self.comm.f(s) if self.plan.f_at_source else s)
 
     def _take_src(self, src: torch.Tensor) -> torch.Tensor:
         s = self.fal_norm_in(src) if self.fal_norm_in is not None else src
         if self.fal_gate is not None:
             s = self.fal_gate * s
-        return self.fal_in(self.comm.f(s) if self.f_at_consumer else s)
-
-    # -- forward ---------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, src: torch.Tensor | None = None, rope=None,
-                values: ValueResidual | None = None, history: list[torch.Tensor] | None = None):
-        """Returns (block output, substitute signal for later blocks). ``history`` (DenseFormer):
-        the embedding and the earlier blocks' own outputs; this block appends its own."""
-        x = self.resid_pre(x)
-        c, role = self.comm, self.role
-
-        if role in ("baseline", "fal_plus"):
-            a = self.drop(c.g(self._attend(self._in(self.ln_1, x), rope, values)))
-            h = self._add(self.ln_1, x, a, self.gate_1)
-            if role == "fal_plus":
-                s = self._take_src(src)
-                if self.mlp_input == "f1":  # the term also enters the stream
-                    h = h + s
-                    mlp_in = c.f(self._in(self.ln_2, h))
-                elif self.mlp_input == "f2":
-                    mlp_in = c.f(self._in(self.ln_2, h + s))
-                else:  # f3
-                    mlp_in = c.f(self._in(self.ln_2, h)) + s
-            else:
-                mlp_in = c.f(self._in(self.ln_2, h))
-            h = self.resid_mid(h)
-            out = self._add(self.ln_2, h, self.drop(c.g(self.mlp(mlp_in))), self.gate_2)
-
-        elif role in ("parallel", "fal"):
-            fn = c.f(self._in(self.ln_1, x))
-
-            def mlp_branch() -> torch.Tensor:
-                if role == "parallel":
-                    return self.mlp(fn if self.ln_2 is None else c.f(self.ln_2(x)))
-                return self.mlp(self._fal_mlp_input(x, fn, self._take_src(src)))
-
-            # independent sublayers: falstudy.parallel.concurrent_branches may overlap them
-            a, m = self.run_branches(lambda: self.attn(fn, rope, values), mlp_branch)
-            self.resid_mid(x + a)  # a probe site only; in TP ``a`` is a partial sum here
-            out = self._add(self.ln_1, x, self.drop(c.g(a + m)), self.gate_1)  # one all-reduce for both
-
-        elif role == "fal_source":  # the source block in fal form: its MLP reads its own s
-            fn = c.f(self._in(self.ln_1, x))
-            a = self.drop(c.g(self.attn(fn, rope, values)))
-            src = self._make_src(a)
-            mlp_in = self._fal_mlp_input(x, fn, self._take_src(src))
-            m = self.drop(c.g(self.mlp(mlp_in)))
-            h = self.resid_mid(x + (self.gate_1 * a if self.gate_1 is not None else a))
-            out = self._add(self.ln_1, h, m, self.gate_2)
-
-        elif role == "no_attn":
-            a = None
-            m = self.drop(c.g(self.mlp(c.f(self._in(self.ln_2, x)))))
-            out = self._add(self.ln_2, self.resid_mid(x), m, self.gate_2)
-        else:  # no_mlp
-            a = self.drop(c.g(self._attend(self._in(self.ln_1, x), rope, values)))
-            out = self.resid_mid(self._add(self.ln_1, x, a, self.gate_1))
-        if self.dwa is not None:  # the stream after this block: a weighted average over depth
-            history.append(out)
-            out = sum(w * h for w, h in zip(self.dwa, history))
-        out = self.resid_post(out)
-
-        if self.source_weight and role != "fal_source":
-            contribution = a * self.source_weight
-            src = contribution if src is None else src + contribution
-            if self.emits_src:
-                src = self._make_src(src)
-        return out, src
+        return self.fal_in(self.comm.f(s) if self.plan.f_at_consumer else s)
 
     def _fal_mlp_input(self, x: torch.Tensor, fn: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         c = self.comm
-        if self.mlp_input == "ln_plus_nf":
+        if self.plan.mlp_input == "ln_plus_nf":
             return (fn if self.ln_2 is None else c.f(self.ln_2(x))) + s
-        if self.mlp_input == "ln_sum":
+        if self.plan.mlp_input == "ln_sum":
             norm = self.ln_2 if self.ln_2 is not None else self.ln_1
             return c.f(self._in(norm, x + s))
         return s  # nf_only
@@ -331,7 +369,8 @@ class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
-        self.roles = block_roles(cfg)
+        self.plans = block_plans(cfg)
+        self.roles = [p.role for p in self.plans]
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos == "learned" else None
         if cfg.pos == "rope":
@@ -339,7 +378,7 @@ class GPT(nn.Module):
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg, i, role) for i, role in enumerate(self.roles))
+        self.blocks = nn.ModuleList(Block(cfg, plan) for plan in self.plans)
         self.ln_f = make_norm(cfg)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
@@ -382,8 +421,11 @@ class GPT(nn.Module):
         src = None
         values = ValueResidual(self.config.value_residual_lambda) if self.config.value_residual else None
         history = [x] if self.config.dense_dwa else None
+        ladder = Ladder() if self.config.residual == "ladder" else None
         for block in self.blocks:
-            x, src = block(x, src, rope, values, history)
+            x, src = block(x, src, rope, values, history, ladder)
+        if ladder is not None:  # the last module's output joins the stream before ln_f
+            x = x + self.drop(ladder.pop().wait())
         logits = self.lm_head(self.ln_f(x))
         loss = None
         if targets is not None:

@@ -39,6 +39,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "value_residual": {"wiring": "baseline", "value_residual": True},
     "fal_value_residual": {"wiring": "fal", "value_residual": True},
     "denseformer": {"wiring": "baseline", "dense_dwa": True},
+    # Ladder residual (docs/wiring.md): each module reads the stream before the previous module's output is added
+    "ladder": {"wiring": "baseline", "residual": "ladder"},
+    "fal_ladder": {"wiring": "fal", "residual": "ladder"},
 }
 
 

@@ -31,6 +31,8 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 
+from falstudy.models.gpt import Ready  # a finished pending (one process), as LocalComm.g_start gives
+
 FWD, BWD = "all_reduce_fwd", "all_reduce_bwd"  # TP collectives (f backward, g forward)
 DP = "dp_all_reduce"  # data-parallel gradient averaging
 NORM = "norm_all_reduce"  # the global gradient norm under TP (clipping)
@@ -306,16 +308,6 @@ class Pending:
             self._result = _WaitReduce.apply(self._reducing, self)
             self._reducing = None  # the result holds it now
         return self._result
-
-
-class Ready:
-    """A ``Pending`` that is already done (one process: nothing to reduce)."""
-
-    def __init__(self, x: torch.Tensor):
-        self._x = x
-
-    def wait(self) -> torch.Tensor:
-        return self._x
 
 
 class _StartReduce(torch.autograd.Function):

@@ -1,4 +1,4 @@
-"""Run the MHA and MLP of parallel-form blocks (``parallel``, ``fal``) concurrently on one device.
+"""Run the MHA and MLP of parallel-form blocks (``parallel``, ``fal``, ``fal_ladder``) concurrently on one device.
 
 In those blocks neither sublayer reads the other's output, so on a GPU they can run on two CUDA
 streams (the paper's single-GPU throughput claim). ``concurrent_branches(model)`` sets each such
@@ -20,8 +20,7 @@ import torch
 import torch.nn as nn
 
 from falstudy.models.gpt import run_sequential
-
-PARALLEL_FORM = ("parallel", "fal")
+from falstudy.models.wiring import PARALLEL_FORM  # noqa: F401  (the roles whose blocks are switched)
 
 
 class StreamBranches:
@@ -55,7 +54,7 @@ def concurrent_branches(model: nn.Module, enabled: bool = True) -> int:
     device = next(model.parameters()).device
     n = 0
     for block in model.blocks:
-        if block.role in PARALLEL_FORM:
+        if block.plan.parallel_form:
             block.run_branches = StreamBranches(device) if enabled else run_sequential
             n += 1
     return n

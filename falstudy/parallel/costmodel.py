@@ -11,8 +11,9 @@ presets below, which are nominal figures with stated assumptions, not measuremen
 
 Counts per training step (``allreduce_counts``) follow the model's f/g placement exactly and are
 checked against the meter and torch.profiler in tests/test_parallel.py:
-baseline and fal_plus blocks 2 fwd + 2 bwd; parallel and fal blocks 1 + 1; fal adds 1 bwd for the
-whole stack (the one f on N_f(a_1)); some fal forms pay one more bwd per block (see docs/parallel.md).
+baseline, fal_plus and ladder blocks 2 fwd + 2 bwd; parallel, fal and fal_ladder blocks 1 + 1; fal
+adds 1 bwd for the whole stack (the one f on N_f(a_1)); some fal forms pay one more bwd per block
+(see docs/parallel.md). The counts come from each block's plan (falstudy.models.wiring).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from falstudy.config import mlp_hidden
 from falstudy.errors import FalstudyError
 
 
@@ -155,31 +157,13 @@ def allreduce_counts(cfg: Any) -> dict[str, Any]:
     """TP all-reduces of one training step (forward + backward) for a ModelConfig.
 
     Returns {"fwd", "bwd", "blocks": [(fwd, bwd) per block], "stack": bwd all-reduces of the
-    one f on the substitute signal}. Mirrors the f/g placement in falstudy/models/gpt.py."""
-    from falstudy.models.gpt import block_roles
+    one f on the substitute signal}, read from each block's plan (falstudy.models.wiring), which
+    is what the model's f/g calls follow."""
+    from falstudy.models.wiring import block_plans
 
-    roles = block_roles(cfg)
-    per_block_src = cfg.fal_norm == "per_layer" or cfg.fal_gate
-    ln_sum = cfg.wiring == "fal" and cfg.fal_mlp_input == "ln_sum"
-    feeds_linear = (cfg.wiring == "fal" and not ln_sum) or (cfg.wiring == "fal_plus" and cfg.fal_plus_form == "f3")
-    f_at_consumer = feeds_linear and per_block_src
-    f_at_source = feeds_linear and not per_block_src
-    own_ln2 = not cfg.shared_ln and cfg.norm_placement == "pre"  # post-LN: one norm, after the add
-
-    blocks: list[tuple[int, int]] = []
-    for role in roles:
-        if role in ("baseline", "no_attn", "no_mlp"):
-            blocks.append((2, 2) if role == "baseline" else (1, 1))
-        elif role == "parallel":
-            blocks.append((1, 1 + own_ln2))
-        elif role == "fal_plus":
-            blocks.append((2, 2 + f_at_consumer))
-        else:  # fal, fal_source: f on LN x, plus what the MLP input needs of its own
-            form = cfg.fal_mlp_input
-            bwd = 1 + (1 if form == "ln_sum" else (own_ln2 if form == "ln_plus_nf" else 0)) + f_at_consumer
-            blocks.append((2 if role == "fal_source" else 1, bwd))
-    consumers = any(r in ("fal", "fal_source", "fal_plus") for r in roles)
-    stack = int(f_at_source and consumers)
+    plans = block_plans(cfg)
+    blocks = [p.collectives for p in plans]
+    stack = sum(p.stack_f for p in plans)
     return {"fwd": sum(b[0] for b in blocks), "bwd": sum(b[1] for b in blocks) + stack,
             "blocks": blocks, "stack": stack}
 
@@ -187,7 +171,7 @@ def allreduce_counts(cfg: Any) -> dict[str, Any]:
 def step_flops(shape: Shape, batch: int, tp: int, vocab_parallel: bool = False) -> float:
     """FLOPs of one rank's training step (forward + backward = 3 x forward matmul FLOPs)."""
     d, T = shape.n_embd, shape.seq_len
-    hidden = int(2 * shape.mlp_ratio * d / 3 + 7) // 8 * 8 if shape.mlp == "swiglu" else int(shape.mlp_ratio * d)
+    hidden = mlp_hidden(d, shape.mlp_ratio, shape.mlp)
     mlp_mats = 3 if shape.mlp == "swiglu" else 2
     block = 2 * (4 * d * d + mlp_mats * d * hidden) + 2 * T * d  # per token; causal attention ~ half of 4Td
     head = 2 * d * shape.vocab_size

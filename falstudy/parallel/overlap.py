@@ -25,10 +25,8 @@ from typing import Any
 from falstudy.parallel import costmodel
 from falstudy.parallel.costmodel import Shape, get_preset, step_flops
 
-# presets whose forward g's are launched asynchronously and waited one module later, and the
-# block roles that do it
+# presets whose forward g's are launched asynchronously and waited one module later
 LADDER_WIRINGS = ("ladder", "fal_ladder")
-LADDER_ROLES = ("ladder", "fal_ladder")
 
 
 @dataclass(frozen=True)
@@ -42,32 +40,28 @@ class Module:
 
 def module_flops(shape: Shape, batch: int, tp: int) -> tuple[float, float]:
     """Forward FLOPs on one rank of one attention and one MLP (the terms of ``step_flops``)."""
-    from falstudy.parallel.tp import mlp_width
+    from falstudy.config import mlp_hidden
 
     d, T = shape.n_embd, shape.seq_len
-    hidden = mlp_width(shape.config())
     mats = 3 if shape.mlp == "swiglu" else 2
     tokens = batch * T
     attn = tokens * (2 * 4 * d * d + 2 * T * d) / tp  # causal attention ~ half of 4Td
-    mlp = tokens * 2 * mats * d * hidden / tp
+    mlp = tokens * 2 * mats * d * mlp_hidden(d, shape.mlp_ratio, shape.mlp) / tp
     return attn, mlp
 
 
 def forward_modules(cfg: Any, shape: Shape, batch: int, tp: int) -> list[Module]:
-    """The forward modules of ``cfg``'s blocks in execution order, each with its all-reduce."""
-    from falstudy.models.gpt import block_roles
+    """The forward modules of ``cfg``'s blocks in execution order, each with the g that follows
+    it, from the blocks' plans (falstudy.models.wiring): async where the plan says ladder."""
+    from falstudy.models.wiring import block_plans
 
     attn, mlp = module_flops(shape, batch, tp)
+    flops = {"attn": attn, "mlp": mlp, "attn+mlp": attn + mlp}
     out: list[Module] = []
-    for i, role in enumerate(block_roles(cfg)):
-        mode = "async" if role in LADDER_ROLES else "sync"
-        if role in ("parallel", "fal", "fal_ladder"):  # MHA and MLP partial sums, one reduce
-            out.append(Module(f"blocks.{i}", attn + mlp, mode))
-        else:  # two sublayers, each with its own g (one, for the no_attn / no_mlp controls)
-            if role != "no_attn":
-                out.append(Module(f"blocks.{i}.attn", attn, mode))
-            if role != "no_mlp":
-                out.append(Module(f"blocks.{i}.mlp", mlp, mode))
+    for plan in block_plans(cfg):
+        for g in plan.g:  # in execution order: attn before mlp (serial), one for both (parallel form)
+            name = f"blocks.{plan.layer}" if g == "attn+mlp" else f"blocks.{plan.layer}.{g}"
+            out.append(Module(name, flops[g], "async" if plan.ladder else "sync"))
     return out
 
 

@@ -42,12 +42,6 @@ class TPPlan:
     full_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
-def mlp_width(cfg) -> int:
-    if cfg.mlp == "swiglu":
-        return int(2 * cfg.mlp_ratio * cfg.n_embd / 3 + 7) // 8 * 8
-    return int(cfg.mlp_ratio * cfg.n_embd)
-
-
 def check_tp(cfg, tp: int) -> None:
     """Refuse a TP degree that does not split heads and MLP width evenly."""
     if tp < 1:
@@ -55,7 +49,7 @@ def check_tp(cfg, tp: int) -> None:
     if cfg.n_head % tp:
         ok = [d for d in range(1, cfg.n_head + 1) if cfg.n_head % d == 0]
         raise FalstudyError(f"tp={tp} does not divide model.n_head={cfg.n_head}; use tp in {ok}")
-    width = mlp_width(cfg)
+    width = cfg.mlp_hidden
     if width % tp:
         raise FalstudyError(f"tp={tp} does not divide the MLP width {width} (model.mlp_ratio x n_embd); change tp or mlp_ratio")
 

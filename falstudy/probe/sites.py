@@ -1,19 +1,9 @@
 """Probe sites by name, and one nnsight trace that reads and edits many of them.
 
-A site is a tensor the model computes at a named submodule (``falstudy.models.SITES``):
-
-    kind        module (per block i)     value           meaning
-    resid_pre   blocks.i.resid_pre       output          residual stream entering block i (x_i)
-    ln_1        blocks.i.ln_1            output          LN(x_i), the attention's input (post-LN: LN(x_i + a_i))
-    attn_out    blocks.i.attn            output          MHA output a_i
-    ln_2        blocks.i.ln_2            output          the MLP's own norm (None when shared)
-    resid_mid   blocks.i.resid_mid       output          x_i + a_i
-    mlp_in      blocks.i.mlp             input           what the MLP reads
-    mlp_out     blocks.i.mlp             output          MLP output m_i
-    resid_post  blocks.i.resid_post      output          block output x_{i+1}
-    fal_src     blocks.i.fal_src         output          substitute signal (fal/fal_plus source)
-    fal_in      blocks.i.fal_in          output          substitute term block i receives
-    ln_f        ln_f                     output          final norm (layer = n_layer)
+A site is a tensor the model computes at a named submodule. The sites are catalogued once, in
+``falstudy.models.catalogue`` (the table in docs/probes.md is generated from it): each has a
+module path (``blocks.i.attn``), a side (``output``) and a short kind (``attn_out``) that probe
+rows store.
 
 Users may also name a site by its module path: ``blocks.3.attn``, ``blocks.3.mlp.input``,
 ``blocks.3.resid_post.output``, ``ln_f``. A site whose module a wiring lacks (``attn`` in a
@@ -35,21 +25,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from falstudy.errors import FalstudyError
+from falstudy.models.catalogue import CATALOGUE
 
 # kind -> (module attribute, "input" | "output")
-SITE_KINDS: dict[str, tuple[str, str]] = {
-    "resid_pre": ("resid_pre", "output"),
-    "ln_1": ("ln_1", "output"),
-    "attn_out": ("attn", "output"),
-    "ln_2": ("ln_2", "output"),
-    "resid_mid": ("resid_mid", "output"),
-    "mlp_in": ("mlp", "input"),
-    "mlp_out": ("mlp", "output"),
-    "resid_post": ("resid_post", "output"),
-    "fal_src": ("fal_src", "output"),
-    "fal_in": ("fal_in", "output"),
-    "ln_f": ("ln_f", "output"),
-}
+SITE_KINDS: dict[str, tuple[str, str]] = {s.kind: (s.module, s.io) for s in CATALOGUE}
 _BY_MODULE = {(mod, io): kind for kind, (mod, io) in SITE_KINDS.items()}
 _PATH = re.compile(r"^blocks\.(\d+)\.([a-z_0-9]+?)(?:\.(input|output))?$")
 
@@ -266,9 +245,8 @@ def mlp_norm(block: nn.Module) -> nn.Module | None:
     """The norm whose output the block's MLP reads: its own ln_2, or ln_1 when shared. Under
     post-LN (``norm_placement="post"``) a baseline-form MLP reads ln_1(x + a), the norm after
     attention's add, and a parallel-form MLP reads the stream itself (None: no norm)."""
-    if getattr(block, "post", False):
-        return block.ln_1 if block.role in ("baseline", "fal_plus") else None
-    return block.ln_2 if block.ln_2 is not None else block.ln_1
+    name = block.plan.mlp_norm  # falstudy.models.wiring.BlockPlan
+    return getattr(block, name) if name is not None else None
 
 
 # --- token sampling -----------------------------------------------------------------------------

@@ -10,14 +10,16 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, Any, Iterable
 
+from falstudy.models.wiring import STUDY_ORDER
 from falstudy.store.readonly import MissingTable, Results
 
 if TYPE_CHECKING:
     import pandas
     from matplotlib.figure import Figure
 
-# the study's variants first, in the order the paper discusses them; anything else after
-ORDER = ["baseline", "parallel", "fal", "fal_plus", "no_attn", "no_mlp"]
+# the study's wirings first, in the order the paper discusses them (the wiring's owner says it);
+# anything else after
+ORDER = list(STUDY_ORDER)
 
 
 @functools.cache
