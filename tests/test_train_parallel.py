@@ -130,11 +130,16 @@ def test_bench_tp_measures_and_predicts_side_by_side(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "/base meas" in proc.stdout and "projection" in proc.stdout
     steps = pd.read_parquet(tmp_path / "tp_step.parquet").set_index("wiring")
-    assert list(steps.index) == ["baseline", "parallel", "fal"]
+    assert list(steps.index) == ["baseline", "parallel", "fal", "ladder", "fal_ladder"]
     assert (steps.step_s > 0).all() and (steps.predicted_s > 0).all()
-    # 4 layers: baseline 2+2 per block, parallel 1+1; fal's source block 2+2, later ones 1+1, +1 for N_f(a_1)
+    # 4 layers: baseline 2+2 per block, parallel 1+1; fal's source block 2+2, later ones 1+1, +1 for N_f(a_1);
+    # the ladder forms pay what their plain forms pay
     assert (steps.allreduce_fwd.to_dict(), steps.allreduce_bwd.to_dict()) == (
-        {"baseline": 8, "parallel": 4, "fal": 5}, {"baseline": 8, "parallel": 4, "fal": 6})
+        {"baseline": 8, "parallel": 4, "fal": 5, "ladder": 8, "fal_ladder": 5},
+        {"baseline": 8, "parallel": 4, "fal": 6, "ladder": 8, "fal_ladder": 6})
+    ladders = steps.loc[["ladder", "fal_ladder"]]  # forward all-reduces in flight behind compute
+    assert (ladders.comm_in_flight_s > ladders.comm_exposed_s).all() and (ladders.predicted_hidden_s > 0).all()
+    assert "ladder" in proc.stdout and "fal_ladder/base" in proc.stdout
     # synchronous wirings hide nothing: in flight = exposed, measured and predicted
     sync = steps.loc[["baseline", "parallel", "fal"]]
     assert (sync.comm_exposed_s > 0).all() and (sync.comm_in_flight_s == sync.comm_exposed_s).all()

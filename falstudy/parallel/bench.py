@@ -39,7 +39,7 @@ from falstudy import benchstats
 from falstudy.errors import FalstudyError
 from falstudy.benchstats import Rounds
 from falstudy.config import ModelConfig
-from falstudy.models import GPT
+from falstudy.models import GPT, VARIANTS
 from falstudy.parallel import costmodel, overlap
 from falstudy.parallel.comm import CommMeter
 from falstudy.parallel.launch import init_distributed, maybe_relaunch, shutdown
@@ -76,7 +76,7 @@ class Case:
         fields, self.batch = SHAPES[shape]
         self.shape, self.wiring = shape, wiring
         torch.manual_seed(0)
-        self.cfg = ModelConfig(**fields, wiring=wiring)
+        self.cfg = ModelConfig(**fields, **VARIANTS[wiring])  # a preset: ladder is a wiring plus residual="ladder"
         self.meter = CommMeter()
         self.model = parallelize(GPT(self.cfg), group, self.meter)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=0.0)  # timing only: weights stay put
