@@ -41,7 +41,7 @@ def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     return proc
 
 
-@pytest.mark.parametrize("variant", ["baseline", "fal"])
+@pytest.mark.parametrize("variant", ["baseline", "fal", "fal_ladder"])
 def test_tp2_trains_like_one_process_and_counts_its_all_reduces(corpus, tmp_path, variant):
     steps = 10
     ok(train_cli(corpus, tmp_path, "--variant", variant, "--steps", str(steps), name="one"))
@@ -70,6 +70,13 @@ def test_tp2_trains_like_one_process_and_counts_its_all_reduces(corpus, tmp_path
     step_s = t[t.kind == "step"].s.to_numpy()
     comm_s = t[t.kind.str.contains("all_reduce")].groupby("rank").s.sum().to_numpy()
     assert ((comm_s > 0) & (comm_s < step_s)).all()
+    # the timings table tells hidden from exposed: only the ladder's forward all-reduces run behind compute
+    hidden = falstudy.query(tmp_path / "tp", "SELECT kind, sum(in_flight_seconds - exposed_seconds) AS h, "
+                                             "sum(exposed_seconds) AS e, sum(seconds) AS s FROM timings "
+                                             "WHERE kind LIKE '%all_reduce%' GROUP BY kind").set_index("kind")
+    assert (hidden.e == hidden.s).all()
+    assert hidden.h.get("all_reduce_bwd") == 0 and hidden.h.get("norm_all_reduce") == 0
+    assert (hidden.h["all_reduce_fwd"] > 0) == ("ladder" in variant)
 
 
 def test_dp2_equals_one_process_with_the_doubled_batch(corpus, tmp_path):
