@@ -318,7 +318,7 @@ def overlap_figure(res: Results) -> "Figure":
                               (data["predicted_exposed_ms"] + data["predicted_hidden_ms"]).to_numpy(dtype=float), 0.0])
         ax.set_ylim(0, 1.25 * top if top > 0 else 1.0)
     axes[0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(0.0, -0.16), ncol=2, frameon=False)
-    fig.suptitle("Tensor-parallel communication: exposed and hidden behind compute")
+    fig.suptitle("All-reduce time: exposed and hidden behind compute")
     for note in notes:
         add_note(fig, note)
     return fig
