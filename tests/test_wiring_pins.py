@@ -2,18 +2,17 @@
 all-reduces, cost-model counts and state-dict keys. The values were recorded from the code before
 the wiring refactor (issue 11; ladder and fal_ladder from their first version), so any drift in a
 wiring's numerics, its collectives or its checkpoint layout fails here. Re-record a pin only for a
-deliberate change of that preset, and say so in the commit."""
+deliberate change of that preset, and say so in the commit; a new preset's pin is printed by
+``PYTHONPATH=$PWD python tests/test_wiring_pins.py <preset>``."""
 
 import hashlib
 
 import pytest
 import torch
 
-from falstudy.config import RunConfig
-from falstudy.models import GPT, VARIANTS
+from falstudy.models import VARIANTS
 from falstudy.parallel.costmodel import allreduce_counts
-
-TINY = dict(n_layer=3, n_head=2, n_embd=16, block_size=8, vocab_size=37)
+from test_models import TINY, CountingComm, make  # noqa: E402  (tests/ is on sys.path)
 
 PINS = {  # recorded on main (1b3c810) unless noted
     'baseline': {'sum': 8.934950467119052, 'first': 0.13831637799739838, 'mid': 0.052583493292331696, 'last': 0.026654930785298347, 'loss': 3.3986170291900635, 'counted': [6, 6], 'fwd': 6, 'bwd': 6, 'blocks': [[2, 2], [2, 2], [2, 2]], 'stack': 0, 'keys': '2b39c9b83e742cba'},
@@ -45,47 +44,23 @@ PINS = {  # recorded on main (1b3c810) unless noted
 }
 
 
-def build(variant: str) -> GPT:
-    """As tests/test_models.py's make(): seed 0, then random affine norms, gates and DWA weights."""
-    torch.manual_seed(0)
-    model = GPT(RunConfig(variant=variant, model=TINY).model).eval()
+def pin_of(variant: str) -> dict:
+    """What a pin records, measured now."""
+    model = make(variant)  # seed 0, random affine norms, gates and DWA weights
+    torch.manual_seed(1)
+    idx = torch.randint(0, TINY["vocab_size"], (2, TINY["block_size"]))
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "ln" in name or "norm" in name or "gate" in name or "dwa" in name:
-                p.copy_(torch.randn_like(p) * 0.5 + (1.0 if name.endswith("weight") else 0.0))
-    return model
-
-
-class Counting:
-    """f and g as identities that count (g forward, f backward); g_start as a g that is ready."""
-
-    def __init__(self):
-        self.fwd = self.bwd = 0
-        counter = self
-
-        class F(torch.autograd.Function):
-            @staticmethod
-            def forward(ctx, x):
-                return x.view_as(x)
-
-            @staticmethod
-            def backward(ctx, grad):
-                counter.bwd += 1
-                return grad
-
-        self._f = F
-
-    def f(self, x):
-        return self._f.apply(x)
-
-    def g(self, x):
-        self.fwd += 1
-        return x
-
-    def g_start(self, x):
-        from falstudy.models.gpt import Ready
-
-        return Ready(self.g(x))
+        logits, loss = model(idx, idx)
+    model.train()
+    comm = CountingComm()
+    for block in model.blocks:
+        block.comm = comm
+    model(idx, idx)[1].backward()
+    counts = allreduce_counts(model.config)
+    return dict(sum=logits.double().sum().item(), first=logits[0, 0, 0].item(), mid=logits[1, 3, 5].item(),
+                last=logits[-1, -1, -1].item(), loss=loss.item(), counted=[comm.fwd, comm.bwd],
+                fwd=counts["fwd"], bwd=counts["bwd"], blocks=[list(b) for b in counts["blocks"]],
+                stack=counts["stack"], keys=hashlib.sha1("\n".join(model.state_dict()).encode()).hexdigest()[:16])
 
 
 def test_every_preset_is_pinned():
@@ -94,23 +69,15 @@ def test_every_preset_is_pinned():
 
 @pytest.mark.parametrize("variant", list(PINS))
 def test_preset_matches_its_pin(variant):
-    pin = PINS[variant]
-    model = build(variant)
-    torch.manual_seed(1)
-    idx = torch.randint(0, TINY["vocab_size"], (2, TINY["block_size"]))
-    with torch.no_grad():
-        logits, loss = model(idx, idx)
-    got = [logits.double().sum().item(), logits[0, 0, 0].item(), logits[1, 3, 5].item(), logits[-1, -1, -1].item()]
-    assert got == pytest.approx([pin["sum"], pin["first"], pin["mid"], pin["last"]], rel=0, abs=1e-6)
-    assert loss.item() == pytest.approx(pin["loss"], rel=0, abs=1e-6)
-    keys = hashlib.sha1("\n".join(model.state_dict()).encode()).hexdigest()[:16]
-    assert keys == pin["keys"]  # checkpoints keep loading
-    model.train()
-    comm = Counting()
-    for block in model.blocks:
-        block.comm = comm
-    model(idx, idx)[1].backward()
-    assert [comm.fwd, comm.bwd] == pin["counted"]
-    counts = allreduce_counts(model.config)
-    assert (counts["fwd"], counts["bwd"], counts["stack"]) == (pin["fwd"], pin["bwd"], pin["stack"])
-    assert [list(b) for b in counts["blocks"]] == pin["blocks"]
+    pin, got = PINS[variant], pin_of(variant)
+    values = ("sum", "first", "mid", "last", "loss")
+    assert [got[k] for k in values] == pytest.approx([pin[k] for k in values], rel=0, abs=1e-6)
+    assert got["keys"] == pin["keys"]  # the state-dict keys: checkpoints keep loading
+    assert {k: v for k, v in got.items() if k not in values} == {k: v for k, v in pin.items() if k not in values}
+
+
+if __name__ == "__main__":  # print a preset's pin, to add it to PINS: python tests/test_wiring_pins.py ladder
+    import sys
+
+    for name in sys.argv[1:]:
+        print(f"    {name!r}: {pin_of(name)!r},")

@@ -60,15 +60,15 @@ BY_KIND: dict[str, SiteSpec] = {s.kind: s for s in CATALOGUE}
 MODULES: tuple[str, ...] = tuple(dict.fromkeys(s.module for s in CATALOGUE if s.per_block))
 
 
-def markdown() -> str:
-    """The site table of docs/probes.md."""
-    rows = ["| site | kind | value | by wiring |", "|---|---|---|---|"]
-    rows += [f"| `{s.name}` | `{s.kind}` | {s.meaning} | {s.by_wiring} |" for s in CATALOGUE]
+def markdown(detail: bool = True) -> str:
+    """The site table of docs/probes.md; without ``detail`` (the by-wiring column), README.md's."""
+    head = ["site", "kind", "value"] + (["by wiring"] if detail else [])
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in CATALOGUE:
+        cells = [f"`{s.name}`", f"`{s.kind}`", s.meaning] + ([s.by_wiring] if detail else [])
+        rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
 
 
 def readme_markdown() -> str:
-    """The short site table of README.md."""
-    rows = ["| site | kind | value |", "|---|---|---|"]
-    rows += [f"| `{s.name}` | `{s.kind}` | {s.meaning} |" for s in CATALOGUE]
-    return "\n".join(rows) + "\n"
+    return markdown(detail=False)

@@ -1,9 +1,10 @@
-"""Run the MHA and MLP of parallel-form blocks (``parallel``, ``fal``, ``fal_ladder``) concurrently on one device.
+"""Run the MHA and MLP of parallel-form blocks concurrently on one device.
 
-In those blocks neither sublayer reads the other's output, so on a GPU they can run on two CUDA
-streams (the paper's single-GPU throughput claim). ``concurrent_branches(model)`` sets each such
-block's ``run_branches`` to ``StreamBranches``: the MLP on a side stream, the MHA on the current
-one, joined before their sum. Autograd runs each backward op on its forward op's stream, so the
+In parallel-form blocks (``parallel``, ``fal``, ``fal_ladder``: ``BlockPlan.parallel_form`` in
+falstudy.models.wiring) neither sublayer reads the other's output, so on a GPU they can run on
+two CUDA streams (the paper's single-GPU throughput claim). ``concurrent_branches(model)`` sets
+each such block's ``run_branches`` to ``StreamBranches``: the MLP on a side stream, the MHA on the
+current one, joined before their sum. Autograd runs each backward op on its forward op's stream, so the
 backward overlaps too.
 
 On CPU there is nothing to overlap with streams; the same code runs with torch's no-op CPU
