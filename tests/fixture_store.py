@@ -131,6 +131,8 @@ def _tp_runs(group: Path) -> None:
                     comm += seconds
                     rows.append({"run_id": run_id, "step": step, "rank": rank, "kind": kind, "count": 10 * n,
                                  "bytes": 10 * n * nbytes, "seconds": seconds})
+                    if variant == "fal":  # baseline's rows are as the meter wrote them before it split in flight/exposed
+                        rows[-1].update(in_flight_seconds=seconds, exposed_seconds=seconds)
                 total = 10 * (step_s + 0.002 * rank)
                 rows.append({"run_id": run_id, "step": step, "rank": rank, "kind": "compute", "count": 10, "bytes": 0,
                              "seconds": max(total - comm, 0.0)})
@@ -183,14 +185,17 @@ def _bench(folder: Path) -> None:
 
     rows = []
     for shape, (d, t, b, base_ms) in {"comm-heavy": (64, 32, 2, 47.0), "compute-heavy": (384, 128, 4, 273.0)}.items():
-        for wiring, ratio, (fwd, bwd) in (("baseline", 1.0, (8, 8)), ("parallel", 0.7, (4, 4)), ("fal", 0.85, (5, 6))):
+        for wiring, ratio, (fwd, bwd) in (("baseline", 1.0, (8, 8)), ("parallel", 0.7, (4, 4)), ("fal", 0.85, (5, 6)),
+                                          ("ladder", 0.9, (8, 8))):
             step = base_ms * ratio / 1e3
+            hidden = 0.1 * step if wiring == "ladder" else 0.0  # ladder: a forward all-reduce behind compute
             rows.append({"shape": shape, "wiring": wiring, "tp": 2, "batch": b, "n_layer": 4, "n_embd": d, "seq_len": t,
                          "step_s": step, "compute_only_s": 0.6 * step, "comm_share": 0.4, "allreduce_fwd": fwd,
                          "allreduce_bwd": bwd, "bytes_per_allreduce": b * t * d * 4, "predicted_s": 0.9 * step,
                          "predicted_comm_s": 0.3 * step, "alpha_s": 1.6e-3, "beta_s_per_byte": 1.2e-9, "rounds": 8,
                          "steps_per_round": 3, "ratio_measured": ratio, "ratio_predicted": ratio,
-                         "prediction_error": -0.1})
+                         "prediction_error": -0.1, "comm_in_flight_s": 0.4 * step + hidden, "comm_exposed_s": 0.4 * step,
+                         "predicted_exposed_s": 0.3 * step, "predicted_hidden_s": hidden})
     write_parquet(folder / "tp_step.parquet", rows, table="tp_step")
     write_parquet(folder / "tp_projection.parquet", gpt2_projection(), table="tp_projection")
 

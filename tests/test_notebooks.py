@@ -19,7 +19,7 @@ import fixture_store  # noqa: E402
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 NAMES = ["01_motivation", "02_variants", "03_parallel"]
-IMAGES = {"01_motivation": 4, "02_variants": 6, "03_parallel": 3}  # figures on the full fixture
+IMAGES = {"01_motivation": 4, "02_variants": 6, "03_parallel": 4}  # figures on the full fixture
 HINTS = {  # what each prints on a store with runs and metrics only
     "01_motivation": ["no probes table: run a sweep with probes (sweeps/bypass.yaml) or `falstudy probe RUN`"],
     "02_variants": ["no trials table: run a sweep (`falstudy sweep sweeps/bypass.yaml`)",

@@ -122,6 +122,8 @@ def _variant_check(ctx, variant: str) -> dict:
         "bwd": totals.get("all_reduce_bwd", {}).get("count", 0),
         "by_tag": meter.by_tag(),
         "profiler": n_prof,
+        # all-reduce seconds in flight but not waited for (ladder: launched by g_start, waited later)
+        "hidden": {k: v["in_flight_seconds"] - v["exposed_seconds"] for k, v in totals.items()},
     }
     ref_grads = {n: p.grad for n, p in ref.named_parameters()}
     plan = model.tp_plan
@@ -294,6 +296,21 @@ def test_collective_counts_meter_and_profiler(tp_results, variant):
             bwd += counts["stack"] if i == last_source else 0
             tag = r["by_tag"][f"blocks.{i}"]
             assert (tag.get("all_reduce_fwd", 0), tag.get("all_reduce_bwd", 0)) == (fwd, bwd), (i, tag)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_only_ladder_all_reduces_run_behind_compute(tp_results, variant):
+    """Ladder blocks launch each forward all-reduce (g_start) and wait one module later, so some
+    of its time is in flight while the rank computes; synchronous g and f hide nothing."""
+    ladder = RunConfig(variant=variant, model=TINY).model.residual == "ladder"
+    hidden = [res["variants"][variant]["hidden"] for res in tp_results]
+    for h in hidden:
+        assert h.get("all_reduce_bwd", 0.0) == 0.0
+        if not ladder:
+            assert h.get("all_reduce_fwd", 0.0) == 0.0
+    if ladder:  # summed over the ranks: a rank that launches last may find its peer done already
+        assert sum(h["all_reduce_fwd"] for h in hidden) > 0
 
 
 @pytest.mark.timeout(180)
@@ -483,8 +500,10 @@ def test_meter_rows():
     m.step_seconds = 2.0  # a known step time
     rows = {r["kind"]: r for r in m.rows("run", 7, 1)}
     assert rows["all_reduce_fwd"] == {"run_id": "run", "step": 7, "rank": 1, "kind": "all_reduce_fwd",
-                                      "count": 1, "bytes": 100, "seconds": 0.25}
+                                      "count": 1, "bytes": 100, "seconds": 0.25,
+                                      "in_flight_seconds": 0.25, "exposed_seconds": 0.25}  # synchronous
     assert rows["compute"]["seconds"] == pytest.approx(1.25) and rows["step"]["seconds"] == 2.0
+    assert rows["compute"]["exposed_seconds"] is None  # not a collective
     assert m.rows("run", 8, 1) == []  # reset after reading
     with m.paused():
         with m.timed("all_reduce_fwd", torch.ones(4)):

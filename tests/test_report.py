@@ -37,9 +37,10 @@ UNITS = {
     "importance": ("parameter", "importance"), "pareto": ("(ms)", "(nats/token)"),
     "sizing": ("nats/token", "FLOPs"), "collectives": ("count", ""), "step_times": ("(ms)", ""), "cost_model": ("baseline", "GPUs"),
     "heldout_bpb": ("variant", "bits per byte"), "pair_accuracy": ("variant", "accuracy"),
+    "overlap": ("(ms)", ""),
 }
 LEGEND = {"grad_norm", "primacy", "bypass", "loss_curves", "final_loss", "pareto", "collectives", "step_times",
-          "cost_model"}
+          "cost_model", "overlap"}
 
 
 @pytest.fixture(scope="module")
@@ -238,11 +239,11 @@ def test_a_store_missing_tables_gets_a_report_with_hints(stores, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
-    assert "4 figure(s), 10 missing data, 0 failed" in proc.stdout
+    assert "4 figure(s), 11 missing data, 0 failed" in proc.stdout
     # drawn where the data allows; the stale cka.png is gone with its data
     assert {p.stem for p in out.glob("*.png")} == {"loss_curves", "final_loss", "collectives", "cost_model"}
     page = (out / "report.html").read_text()
-    assert page.count('class="missing"') == 10
+    assert page.count('class="missing"') == 11
     assert page.count("no evals table: run <code>falstudy eval RESULTS_DIR</code>") == 2
     assert page.count("no probes table: run a sweep with probes (sweeps/bypass.yaml) or <code>falstudy probe RUN</code>") == 4
     assert page.count("no trials table") == 2
@@ -323,6 +324,27 @@ def test_parallel_sources_counts_and_timings(full):
     assert len(panels) == 3  # two benchmark shapes and the TP=2 timings
     projection, source = parallel.projection_data(full)
     assert "tp_projection.parquet" in source and set(projection["tp"]) == {2, 4, 8}
+    assert timings.loc["fal", "in_flight_ms"] == timings.loc["fal", "exposed_ms"] == timings.loc["fal", "comm_ms"]
+    # rows written before the meter split in flight from exposed count as synchronous
+    assert timings.loc["baseline", "in_flight_ms"] == timings.loc["baseline", "exposed_ms"] == timings.loc["baseline", "comm_ms"] > 0
+
+
+def test_overlap_panels_split_exposed_from_hidden(full):
+    from falstudy.report import parallel
+
+    panels, notes = parallel.overlap_data(full)
+    assert notes == [] and len(panels) == 3  # two benchmark shapes and the TP=2 timings
+    bench = full.bench("tp_step")
+    for title, data in panels.items():
+        data = data.set_index("variant")
+        if title.startswith("timings"):
+            assert (data["hidden_ms"] == 0).all() and data["predicted_exposed_ms"].isna().all()
+            continue
+        shape = title.split("'")[1]
+        b = bench[bench["shape"] == shape].set_index("wiring")
+        assert data.loc["ladder", "hidden_ms"] == pytest.approx(1e3 * (b.loc["ladder", "comm_in_flight_s"] - b.loc["ladder", "comm_exposed_s"]))
+        assert data.loc["ladder", "hidden_ms"] > 0 and data.loc["baseline", "hidden_ms"] == 0
+        assert data.loc["ladder", "predicted_hidden_ms"] == pytest.approx(1e3 * b.loc["ladder", "predicted_hidden_s"])
 
 
 def test_optuna_importance_from_the_journal_and_the_pareto_front(full):

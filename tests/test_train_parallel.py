@@ -41,7 +41,7 @@ def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     return proc
 
 
-@pytest.mark.parametrize("variant", ["baseline", "fal"])
+@pytest.mark.parametrize("variant", ["baseline", "fal", "fal_ladder"])
 def test_tp2_trains_like_one_process_and_counts_its_all_reduces(corpus, tmp_path, variant):
     steps = 10
     ok(train_cli(corpus, tmp_path, "--variant", variant, "--steps", str(steps), name="one"))
@@ -70,6 +70,13 @@ def test_tp2_trains_like_one_process_and_counts_its_all_reduces(corpus, tmp_path
     step_s = t[t.kind == "step"].s.to_numpy()
     comm_s = t[t.kind.str.contains("all_reduce")].groupby("rank").s.sum().to_numpy()
     assert ((comm_s > 0) & (comm_s < step_s)).all()
+    # the timings table tells hidden from exposed: only the ladder's forward all-reduces run behind compute
+    hidden = falstudy.query(tmp_path / "tp", "SELECT kind, sum(in_flight_seconds - exposed_seconds) AS h, "
+                                             "sum(exposed_seconds) AS e, sum(seconds) AS s FROM timings "
+                                             "WHERE kind LIKE '%all_reduce%' GROUP BY kind").set_index("kind")
+    assert (hidden.e == hidden.s).all()
+    assert hidden.h.get("all_reduce_bwd") == 0 and hidden.h.get("norm_all_reduce") == 0
+    assert (hidden.h["all_reduce_fwd"] > 0) == ("ladder" in variant)
 
 
 def test_dp2_equals_one_process_with_the_doubled_batch(corpus, tmp_path):
@@ -130,11 +137,20 @@ def test_bench_tp_measures_and_predicts_side_by_side(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "/base meas" in proc.stdout and "projection" in proc.stdout
     steps = pd.read_parquet(tmp_path / "tp_step.parquet").set_index("wiring")
-    assert list(steps.index) == ["baseline", "parallel", "fal"]
+    assert list(steps.index) == ["baseline", "parallel", "fal", "ladder", "fal_ladder"]
     assert (steps.step_s > 0).all() and (steps.predicted_s > 0).all()
-    # 4 layers: baseline 2+2 per block, parallel 1+1; fal's source block 2+2, later ones 1+1, +1 for N_f(a_1)
+    # 4 layers: baseline 2+2 per block, parallel 1+1; fal's source block 2+2, later ones 1+1, +1 for N_f(a_1);
+    # the ladder forms pay what their plain forms pay
     assert (steps.allreduce_fwd.to_dict(), steps.allreduce_bwd.to_dict()) == (
-        {"baseline": 8, "parallel": 4, "fal": 5}, {"baseline": 8, "parallel": 4, "fal": 6})
+        {"baseline": 8, "parallel": 4, "fal": 5, "ladder": 8, "fal_ladder": 5},
+        {"baseline": 8, "parallel": 4, "fal": 6, "ladder": 8, "fal_ladder": 6})
+    ladders = steps.loc[["ladder", "fal_ladder"]]  # forward all-reduces in flight behind compute
+    assert (ladders.comm_in_flight_s > ladders.comm_exposed_s).all() and (ladders.predicted_hidden_s > 0).all()
+    assert "ladder" in proc.stdout and "fal_ladder/base" in proc.stdout
+    # synchronous wirings hide nothing: in flight = exposed, measured and predicted
+    sync = steps.loc[["baseline", "parallel", "fal"]]
+    assert (sync.comm_exposed_s > 0).all() and (sync.comm_in_flight_s == sync.comm_exposed_s).all()
+    assert (sync.predicted_hidden_s.abs() < 1e-12).all()
     projection = pd.read_parquet(tmp_path / "tp_projection.parquet")
     assert set(projection.tp) == {2, 4, 8} and set(projection.preset) == {"pcie4", "nvlink"}
     assert (projection.fal_over_baseline < 1).all()

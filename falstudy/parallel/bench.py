@@ -1,4 +1,4 @@
-"""Tensor-parallel step time of fal and parallel against baseline, measured side by side at TP=2,
+"""Tensor-parallel step time of each wiring against baseline, measured side by side at TP=2,
 with the cost model's prediction next to each measurement, and its projection to GPT-2 shapes.
 
     falstudy bench tp [--min-rounds 5 --max-rounds 30 --target 0.03 --steps 3] [--out results/bench] [--shape comm-heavy]
@@ -13,10 +13,13 @@ of the slower rank. Each ratio to baseline is taken per round and reported with 
 bootstrap interval (``falstudy.benchstats``); rounds go on until every ratio's and cost-model
 error's interval is within ``--target`` of its median, or ``--max-rounds`` (then it says so). The
 machine's load average at start and end is printed and stored. The communication share comes from the CommMeter (time inside gloo calls).
+The meter also gives each step's all-reduce seconds in flight and exposed (the rank waited):
+their difference is the communication hidden behind compute (the ladder wirings' async g).
 
-Prediction = measured compute-only step + (all-reduces per step) x (alpha + beta x bytes), with
-alpha and beta fitted by a microbenchmark (``costmodel.fit_allreduce``) on the same ranks at the
-start of every round (medians over rounds).
+Prediction = measured compute-only step + exposed all-reduce time, each all-reduce costing
+alpha + beta x bytes (``falstudy.parallel.overlap``: an async one is hidden behind the next
+module's compute), with alpha and beta fitted by a microbenchmark (``costmodel.fit_allreduce``)
+on the same ranks at the start of every round (medians over rounds).
 
 Writes results/bench/tp_step.parquet (measurements) and results/bench/tp_projection.parquet
 (predicted fal/baseline and parallel/baseline for GPT-2 small/medium/large at TP 2/4/8 on the
@@ -36,14 +39,14 @@ from falstudy import benchstats
 from falstudy.errors import FalstudyError
 from falstudy.benchstats import Rounds
 from falstudy.config import ModelConfig
-from falstudy.models import GPT
-from falstudy.parallel import costmodel
+from falstudy.models import GPT, VARIANTS
+from falstudy.parallel import costmodel, overlap
 from falstudy.parallel.comm import CommMeter
 from falstudy.parallel.launch import init_distributed, maybe_relaunch, shutdown
 from falstudy.parallel.tp import parallelize
 
 TP = 2
-WIRINGS = ("baseline", "parallel", "fal")
+WIRINGS = ("baseline", "parallel", "fal") + overlap.available()
 SHAPES = {  # name: (model fields, batch)
     "comm-heavy": (dict(n_layer=4, n_embd=64, n_head=4, block_size=32, vocab_size=256), 2),
     "compute-heavy": (dict(n_layer=4, n_embd=384, n_head=6, block_size=128, vocab_size=256), 4),
@@ -63,7 +66,7 @@ class Case:
         fields, self.batch = SHAPES[shape]
         self.shape, self.wiring = shape, wiring
         torch.manual_seed(0)
-        self.cfg = ModelConfig(**fields, wiring=wiring)
+        self.cfg = ModelConfig(**fields, **VARIANTS[wiring])  # a preset: ladder is a wiring plus residual="ladder"
         self.meter = CommMeter()
         self.model = parallelize(GPT(self.cfg), group, self.meter)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=0.0)  # timing only: weights stay put
@@ -73,6 +76,8 @@ class Case:
         self.y = torch.randint(0, V, (self.batch, T), generator=g)
         self.times: dict[str, list[float]] = {"tp": [], "compute": []}
         self.comm_share: list[float] = []
+        self.in_flight: list[float] = []  # all-reduce seconds per step, in flight and exposed
+        self.exposed: list[float] = []
 
     def step(self) -> None:
         _, loss = self.model(self.x, self.y)
@@ -99,6 +104,8 @@ class Case:
             if mode == "tp":
                 t = self.meter.totals()
                 self.comm_share.append(sum(v["seconds"] for v in t.values()) / self.meter.step_seconds)
+                self.in_flight.append(sum(v["in_flight_seconds"] for v in t.values()) / steps)
+                self.exposed.append(sum(v["exposed_seconds"] for v in t.values()) / steps)
                 self.counts = {k: v["count"] // steps for k, v in t.items()}
         finally:
             for b, c in zip(self.model.blocks, saved):
@@ -116,8 +123,8 @@ def _series(cases: list, slow: dict, fits: list[tuple[float, float]]) -> dict[tu
             out[("ratio", case.shape, case.wiring)] = benchstats.ratios(times["tp"], slow[(case.shape, "baseline")]["tp"])
         shape = costmodel.Shape.of(case.cfg)
         out[("error", case.shape, case.wiring)] = [
-            costmodel.breakdown(shape, case.batch, TP, costmodel.loopback_preset(a, b, TP), case.wiring,
-                                compute_s=compute).total_s / step
+            overlap.breakdown(shape, case.batch, TP, costmodel.loopback_preset(a, b, TP), case.wiring,
+                              compute_s=compute).total_s / step
             for (a, b), step, compute in zip(fits, times["tp"], times["compute"])]  # predicted / measured
     return out
 
@@ -176,7 +183,8 @@ def run(rounds: int | None = None, min_rounds: int = 5, max_rounds: int = 30, ta
         times = slow[(case.shape, case.wiring)]
         step, compute = statistics.median(times["tp"]), statistics.median(times["compute"])
         share = mean(statistics.median(case.comm_share), group)
-        pred = costmodel.breakdown(costmodel.Shape.of(case.cfg), case.batch, TP, loop, case.wiring, compute_s=compute)
+        in_flight, exposed = mean(statistics.median(case.in_flight), group), mean(statistics.median(case.exposed), group)
+        pred = overlap.breakdown(costmodel.Shape.of(case.cfg), case.batch, TP, loop, case.wiring, compute_s=compute)
         err = spreads[("error", case.shape, case.wiring)]
         row = {
             "shape": case.shape, "wiring": case.wiring, "tp": TP, "batch": case.batch,
@@ -185,6 +193,9 @@ def run(rounds: int | None = None, min_rounds: int = 5, max_rounds: int = 30, ta
             "allreduce_fwd": case.counts.get("all_reduce_fwd", 0), "allreduce_bwd": case.counts.get("all_reduce_bwd", 0),
             "bytes_per_allreduce": pred.bytes_per_allreduce, "predicted_s": pred.total_s,
             "predicted_comm_s": pred.comm_s, "alpha_s": alpha, "beta_s_per_byte": beta,
+            # per step, mean over ranks: all-reduce seconds in flight, and exposed (the rest was hidden)
+            "comm_in_flight_s": in_flight, "comm_exposed_s": exposed,
+            "predicted_exposed_s": pred.exposed_s, "predicted_hidden_s": pred.hidden_s,
             "rounds": n_rounds, "steps_per_round": steps, "target": target,
             # the error is predicted / measured - 1; its interval is the ratio's, shifted
             "prediction_error_median": err.median - 1, "prediction_error_lo": err.lo - 1, "prediction_error_hi": err.hi - 1,
@@ -201,7 +212,7 @@ def run(rounds: int | None = None, min_rounds: int = 5, max_rounds: int = 30, ta
         r["ratio_predicted"] = r["predicted_s"] / base["predicted_s"]
         r["prediction_error"] = r["predicted_s"] / r["step_s"] - 1
 
-    projection = costmodel.gpt2_projection()
+    projection = overlap.wide_projection()
 
     if ctx.is_main:
         out = Path(out)
@@ -213,23 +224,29 @@ def run(rounds: int | None = None, min_rounds: int = 5, max_rounds: int = 30, ta
         print(f"machine load (1 min) {load_start['load_1m']:.2f} at start, {load_end['load_1m']:.2f} at end, "
               f"on {int(load_end['cores'])} cores" + ("  (busy: other work competed)" if max(
                   load_start["load_1m"], load_end["load_1m"]) > load_end["cores"] else ""))
-        print(f"{'shape':14s} {'wiring':9s} {'AR f+b':>7s} {'step ms':>9s} {'comm %':>7s} {'comp ms':>9s} {'pred ms':>9s} "
-              f"{'err [95% CI]':>20s} {'/base meas [95% CI]':>24s} {'/base pred':>10s}")
+        print(f"{'shape':14s} {'wiring':10s} {'AR f+b':>7s} {'step ms':>9s} {'comm %':>7s} {'hidden ms':>10s} "
+              f"{'comp ms':>9s} {'pred ms':>9s} {'err [95% CI]':>20s} {'/base meas [95% CI]':>24s} {'/base pred':>10s}")
         for r in rows:
             meas = (f"{r['ratio_median']:.3f} [{r['ratio_lo']:.3f}, {r['ratio_hi']:.3f}]" if "ratio_median" in r
                     else "1 (reference)")
             err = (f"{100 * r['prediction_error_median']:+.0f}% [{100 * r['prediction_error_lo']:+.0f}, "
                    f"{100 * r['prediction_error_hi']:+.0f}]")
-            print(f"{r['shape']:14s} {r['wiring']:9s} {r['allreduce_fwd']:>3d}+{r['allreduce_bwd']:<3d} "
-                  f"{r['step_s'] * 1e3:9.2f} {100 * r['comm_share']:6.1f}% {r['compute_only_s'] * 1e3:9.2f} "
+            hidden = f"{(r['comm_in_flight_s'] - r['comm_exposed_s']) * 1e3:.2f}/{r['predicted_hidden_s'] * 1e3:.2f}"
+            print(f"{r['shape']:14s} {r['wiring']:10s} {r['allreduce_fwd']:>3d}+{r['allreduce_bwd']:<3d} "
+                  f"{r['step_s'] * 1e3:9.2f} {100 * r['comm_share']:6.1f}% {hidden:>10s} {r['compute_only_s'] * 1e3:9.2f} "
                   f"{r['predicted_s'] * 1e3:9.2f} {err:>20s} {meas:>24s} {r['ratio_predicted']:10.3f}")
+        print("comm % = time inside all-reduce calls (exposed) / step; hidden ms = all-reduce time in flight "
+              "but not waited for, measured/predicted per step")
         print(schedule.verdict(list(spreads.values())))
         print("\nprojection (cost model; A100-class compute, bf16, vocab-parallel head, 8 x 1024 tokens per step):")
-        print(f"{'shape':12s} {'preset':7s} {'tp':>3s} {'base comm %':>11s} {'fal/base':>9s} {'par/base':>9s}")
+        ladders = overlap.available()
+        print(f"{'shape':12s} {'preset':7s} {'tp':>3s} {'base comm %':>11s} {'fal/base':>9s} {'par/base':>9s}"
+              + "".join(f" {w + '/base':>15s}" for w in ladders))
         for p in projection:
             flag = "" if p["heads_divisible"] else "  (n_head not divisible by tp)"
             print(f"{p['shape']:12s} {p['preset']:7s} {p['tp']:3d} {100 * p['baseline_comm_share']:10.1f}% "
-                  f"{p['fal_over_baseline']:9.3f} {p['parallel_over_baseline']:9.3f}{flag}")
+                  f"{p['fal_over_baseline']:9.3f} {p['parallel_over_baseline']:9.3f}"
+                  + "".join(f" {p[w + '_over_baseline']:15.3f}" for w in ladders) + flag)
         print(f"\nwrote {out / 'tp_step.parquet'} and {out / 'tp_projection.parquet'}")
     shutdown()
 

@@ -26,8 +26,9 @@ def bench_tp(
     out: Annotated[Path, typer.Option(help="folder for tp_step.parquet and tp_projection.parquet")] = Path("results/bench"),
     shapes: Annotated[Optional[list[BenchShape]], typer.Option("--shape", help="a shape to time (repeatable; default: both)")] = None,
 ) -> None:
-    """Step time of fal and parallel vs baseline at TP=2 (re-executes under torchrun), measured and
-    predicted side by side; writes results/bench/*.parquet."""
+    """Step time of parallel, fal, ladder and fal_ladder vs baseline at TP=2 (re-executes under
+    torchrun), measured and predicted side by side, with communication exposed and hidden;
+    writes results/bench/*.parquet."""
     from falstudy.parallel.bench import run
 
     run(rounds=rounds, min_rounds=min_rounds, max_rounds=max_rounds, target=target, steps=steps, out=out,

@@ -87,6 +87,11 @@ ANALYSES: list[Analysis] = [
              "Wall time per tensor-parallel training step split into compute (the same step with collectives "
              "switched off) and communication, with the cost model's prediction, and the ratio to baseline.",
              parallel.step_times_figure),
+    Analysis("overlap", "parallel", "Exposed and hidden communication",
+             "All-reduce time per tensor-parallel training step split into exposed (a rank waited for it) and "
+             "hidden (in flight while the rank computed: the ladder wirings launch each forward all-reduce "
+             "asynchronously and wait one module later), measured by the CommMeter, with the cost model's split.",
+             parallel.overlap_figure),
     Analysis("cost_model", "parallel", "Cost-model projection by TP degree and interconnect",
              "Predicted step time of fal and parallel relative to baseline for GPT-2 shapes, by TP degree and "
              "interconnect. The saving grows with the TP degree and with communication's share of the step.",

@@ -1,5 +1,5 @@
-"""The systems side: tensor-parallel all-reduces per step, measured step times, and the cost
-model's predictions by TP degree and interconnect.
+"""The systems side: tensor-parallel all-reduces per step, measured step times, communication
+exposed and hidden behind compute, and the cost model's predictions by TP degree and interconnect.
 
 Sources: the ``timings`` table (the CommMeter of tensor-parallel runs), the Parquet files of
 ``falstudy bench tp`` (``results/bench/tp_step.parquet`` and ``tp_projection.parquet``), and
@@ -25,16 +25,21 @@ BENCH_HINT = f"no tp_step benchmark file: {BENCH_HINTS['tp_step']}"
 
 # -- sources ---------------------------------------------------------------------------------
 def timings_per_step(res: Results) -> "pandas.DataFrame":
-    """Per run (slowest rank): steps, all-reduces per step by direction, step/comm/compute ms."""
+    """Per run (slowest rank): steps, all-reduces per step by direction, step/comm/compute ms,
+    and the all-reduce ms in flight and exposed per step (rows written before the meter told
+    them apart count as synchronous: both = seconds)."""
     import pandas as pd
 
     res.require("timings")
     runs = "LEFT JOIN runs r USING (run_id)" if res.has("runs") else ""
     variant = "coalesce(r.variant, r.wiring, t.run_id)" if runs else "t.run_id"
     tp = "r.tp" if runs else "CAST(NULL AS BIGINT)"
+    have = set(res.sql("SELECT * FROM timings LIMIT 0").columns)
+    split = {c: f"coalesce(t.{c}, t.seconds)" if c in have else "t.seconds" for c in ("in_flight_seconds", "exposed_seconds")}
     df = res.sql(f"""
         SELECT t.run_id, {variant} AS variant, {tp} AS tp, t.rank, t.kind,
-               sum(t.count) AS count, sum(t.seconds) AS seconds
+               sum(t.count) AS count, sum(t.seconds) AS seconds,
+               sum({split["in_flight_seconds"]}) AS in_flight, sum({split["exposed_seconds"]}) AS exposed
         FROM timings t {runs} GROUP BY ALL""")
     if df.empty:
         raise MissingTable("timings rows", TABLE_HINTS["timings"])
@@ -44,7 +49,8 @@ def timings_per_step(res: Results) -> "pandas.DataFrame":
         steps = float(kinds["count"].get("step", 0))
         if not steps:
             continue  # no step accounting in this interval: counts cannot be normalised
-        comm = float(kinds.loc[[k for k in kinds.index if "all_reduce" in k], "seconds"].sum())
+        reduces = [k for k in kinds.index if "all_reduce" in k]
+        comm = float(kinds.loc[reduces, "seconds"].sum())
         step_s = float(kinds["seconds"].get("step", 0.0))
         tp = g["tp"].iloc[0]
         rows.append({
@@ -54,6 +60,8 @@ def timings_per_step(res: Results) -> "pandas.DataFrame":
             "bwd": kinds["count"].get("all_reduce_bwd", 0) / steps,
             "step_ms": 1e3 * step_s / steps, "comm_ms": 1e3 * comm / steps,
             "compute_ms": 1e3 * float(kinds["seconds"].get("compute", step_s - comm)) / steps,
+            "in_flight_ms": 1e3 * float(kinds.loc[reduces, "in_flight"].sum()) / steps,
+            "exposed_ms": 1e3 * float(kinds.loc[reduces, "exposed"].sum()) / steps,
         })
     if not rows:
         raise MissingTable("step accounting in timings", "no `step` rows (the CommMeter's meter.step()) to divide by")
@@ -235,15 +243,95 @@ def step_times_figure(res: Results) -> "Figure":
     return fig
 
 
-# -- cost model ------------------------------------------------------------------------------
-def gpt2_projection() -> "pandas.DataFrame":
-    """``costmodel.gpt2_projection()`` as a DataFrame: the columns of ``falstudy bench tp``'s
-    tp_projection.parquet."""
+# -- exposed and hidden communication -----------------------------------------------------------
+def overlap_data(res: Results) -> tuple[dict[str, "pandas.DataFrame"], list[str]]:
+    """Panels of all-reduce ms per step split into exposed (a rank waited) and hidden (in flight
+    behind compute): one per benchmark shape (with the cost model's split), one per TP degree of
+    the timings table. Columns: variant, exposed_ms, hidden_ms, predicted_exposed_ms,
+    predicted_hidden_ms (NaN where there is no prediction)."""
+    import numpy as np
     import pandas as pd
 
-    from falstudy.parallel import costmodel
+    panels: dict[str, pd.DataFrame] = {}
+    notes: list[str] = []
+    if res.has_bench("tp_step"):
+        b = res.bench("tp_step")
+        if {"comm_in_flight_s", "comm_exposed_s"} <= set(b.columns):
+            for shape, g in b.groupby("shape", sort=False):
+                r = g.iloc[0]
+                pred = {"predicted_exposed_ms": 1e3 * g["predicted_exposed_s"], "predicted_hidden_ms": 1e3 * g["predicted_hidden_s"]} \
+                    if {"predicted_exposed_s", "predicted_hidden_s"} <= set(g.columns) else {"predicted_exposed_ms": np.nan, "predicted_hidden_ms": np.nan}
+                panels[f"falstudy bench tp: '{shape}'\nTP={r['tp']}, L={r['n_layer']}, d={r['n_embd']}, "
+                       f"T={r['seq_len']}, B={r['batch']}"] = pd.DataFrame({
+                           "variant": g["wiring"], "exposed_ms": 1e3 * g["comm_exposed_s"],
+                           "hidden_ms": 1e3 * (g["comm_in_flight_s"] - g["comm_exposed_s"]).clip(lower=0), **pred})
+        else:
+            notes.append("the tp_step benchmark file predates in-flight/exposed accounting: rerun `falstudy bench tp`")
+    else:
+        notes.append(BENCH_HINT)
+    if res.has("timings"):
+        t = timings_per_step(res)
+        for tp, g in t.groupby("tp"):
+            m = g.groupby("variant")[["exposed_ms", "in_flight_ms"]].mean().reset_index()
+            panels[f"timings table: TP={tp} runs\n(slowest rank, mean over runs)"] = pd.DataFrame({
+                "variant": m["variant"], "exposed_ms": m["exposed_ms"],
+                "hidden_ms": (m["in_flight_ms"] - m["exposed_ms"]).clip(lower=0),
+                "predicted_exposed_ms": np.nan, "predicted_hidden_ms": np.nan})
+    else:
+        notes.append(TIMINGS_HINT)
+    if not panels:
+        raise MissingTable("in-flight and exposed communication", f"{TIMINGS_HINT}; {BENCH_HINT}")
+    return panels, notes
 
-    return pd.DataFrame(costmodel.gpt2_projection())
+
+def overlap_figure(res: Results) -> "Figure":
+    import numpy as np
+
+    panels, notes = overlap_data(res)
+    fig = figure(4.8 * len(panels) + 0.4, 4.6)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (title, data) in zip(axes, panels.items()):
+        variants = order(data["variant"])
+        data = data.set_index("variant").loc[variants]
+        xs = np.arange(len(variants))
+        colors = [color(v) for v in variants]
+        ax.bar(xs, data["exposed_ms"], 0.6, color=colors, edgecolor="black", linewidth=0.6, label="exposed (a rank waited)")
+        ax.bar(xs, data["hidden_ms"], 0.6, bottom=data["exposed_ms"], color=colors, alpha=0.35, edgecolor="black",
+               linewidth=0.6, hatch="//", label="hidden (in flight behind compute)")
+        if data["predicted_exposed_ms"].notna().any():
+            ax.scatter(xs, data["predicted_exposed_ms"], marker="_", s=500, color="black", linewidths=2, zorder=3,
+                       label="cost model: exposed")
+            ax.scatter(xs, data["predicted_exposed_ms"] + data["predicted_hidden_ms"], marker="_", s=500,
+                       color="#777777", linewidths=2, zorder=3, label="cost model: in flight")
+        for x, v in zip(xs, variants):
+            total = data["exposed_ms"][v] + data["hidden_ms"][v]
+            share = data["hidden_ms"][v] / total if total else 0.0
+            ax.annotate(f"{share:.0%} hidden", (x, total), xytext=(0, 3), textcoords="offset points", ha="center",
+                        va="bottom", fontsize=8)
+        ax.set_xticks(xs)
+        ax.set_xticklabels(variants)
+        ax.set_xlabel("variant (wiring)")
+        ax.set_ylabel("all-reduce time per training step (ms)")
+        ax.set_title(title, fontsize=9)
+        top = np.nanmax(np.r_[(data["exposed_ms"] + data["hidden_ms"]).to_numpy(dtype=float),
+                              (data["predicted_exposed_ms"] + data["predicted_hidden_ms"]).to_numpy(dtype=float), 0.0])
+        ax.set_ylim(0, 1.25 * top if top > 0 else 1.0)
+    axes[0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(0.0, -0.16), ncol=2, frameon=False)
+    fig.suptitle("All-reduce time: exposed and hidden behind compute")
+    for note in notes:
+        add_note(fig, note)
+    return fig
+
+
+# -- cost model ------------------------------------------------------------------------------
+def gpt2_projection() -> "pandas.DataFrame":
+    """``overlap.wide_projection()`` as a DataFrame: the columns of ``falstudy bench tp``'s
+    tp_projection.parquet (fal and parallel against baseline, and the ladder wirings with overlap)."""
+    import pandas as pd
+
+    from falstudy.parallel import overlap
+
+    return pd.DataFrame(overlap.wide_projection())
 
 
 def projection_data(res: Results) -> tuple["pandas.DataFrame", str]:
@@ -265,6 +353,7 @@ def cost_model_figure(res: Results) -> "Figure":
     fig = figure(4.6 * len(presets) + 0.6, 4.6)
     axes = fig.subplots(1, len(presets), squeeze=False, sharey=True)[0]
     shapes = list(dict.fromkeys(data["shape"]))
+    projected = [(f"{w}_over_baseline", w) for w in ("fal", "parallel", "ladder", "fal_ladder") if f"{w}_over_baseline" in data]
     styles = {s: st for s, st in zip(shapes, [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D")] * 4)}
     names = {"pcie4": "PCIe 4.0 x16", "nvlink": "NVLink 3 (A100)", "infiniband": "HDR InfiniBand"}
     for ax, preset in zip(axes, presets):
@@ -272,7 +361,7 @@ def cost_model_figure(res: Results) -> "Figure":
         for shape, g in sub.groupby("shape", sort=False):
             g = g.sort_values("tp")
             line, marker = styles[shape]
-            for column, wiring in (("fal_over_baseline", "fal"), ("parallel_over_baseline", "parallel")):
+            for column, wiring in projected:
                 ax.plot(g["tp"], g[column], linestyle=line, marker=marker, color=color(wiring), markersize=5)
                 bad = g[~g["heads_divisible"].astype(bool)]
                 ax.scatter(bad["tp"], bad[column], marker=marker, s=40, facecolors="white", edgecolors=color(wiring),
@@ -285,11 +374,11 @@ def cost_model_figure(res: Results) -> "Figure":
         ax.set_title(f"{names.get(preset, preset)}")
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=color(w), linewidth=2, label=w) for w in ("fal", "parallel")]
+    handles = [Line2D([], [], color=color(w), linewidth=2, label=w) for _, w in projected]
     handles += [Line2D([], [], color="#555555", linestyle=styles[s][0], marker=styles[s][1], label=s) for s in shapes]
     axes[0].set_ylabel("predicted step time / baseline's")
     axes[-1].legend(handles=handles, fontsize=8, loc="lower left")
-    fig.suptitle("Cost model: step time of fal and parallel relative to baseline")
+    fig.suptitle(f"Cost model: step time of {', '.join(w for _, w in projected)} relative to baseline")
     add_note(fig, f"GPT-2 shapes, 8 × 1024 tokens per step, bf16, A100-class compute; {source}. "
                   "Hollow: n_head not divisible by TP.")
     return fig

@@ -163,7 +163,9 @@ TIMINGS = Table(
         _c("kind", "VARCHAR", "all_reduce | all_gather | compute | ...", True),
         _c("count", "BIGINT", "calls in the interval"),
         _c("bytes", "BIGINT", "bytes moved in the interval"),
-        _c("seconds", "DOUBLE", "wall-clock seconds spent in the interval"),
+        _c("seconds", "DOUBLE", "wall-clock seconds spent in the interval (collectives: inside the calls)"),
+        _c("in_flight_seconds", "DOUBLE", "collectives: seconds from launch to completion, summed over calls (NULL for compute and step rows)"),
+        _c("exposed_seconds", "DOUBLE", "collectives: seconds this rank was held up by them (synchronous: = in flight; asynchronous: launch + wait()); in_flight_seconds - exposed_seconds was hidden behind compute"),
     ),
 )
 
