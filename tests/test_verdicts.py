@@ -214,3 +214,23 @@ def test_fixture_store_gives_rows(tmp_path_factory, tmp_path):
     assert all(r.n == 2 for r in report.rows)  # two seeds a variant; the TP runs add no pair
     assert any("parallel" in m for m in report.missing)
     assert "Not tested:" in verdicts.text_table(report)
+
+
+def test_ladder_claims_are_two_sided_and_only_where_a_ladder_was_trained(tmp_path):
+    plain = verdicts.compute([_group(tmp_path, "plain", probes=False)])
+    assert not any(r.claim in verdicts.OPTIONAL for r in plain.rows)
+    assert not any("ladder" in m for m in plain.missing)
+    group = tmp_path / "results" / "rival"
+    for s in range(5):
+        _run(group, "baseline", s, BASE[s])
+        _run(group, "fal", s, BASE[s] - 0.05 + NOISE[s])
+        _run(group, "ladder", s, BASE[s] + 0.04 + NOISE[(s + 1) % 5])  # worse: called in the "either" test
+        _run(group, "fal_ladder", s, BASE[s] - 0.05 + 2 * NOISE[s])  # fal_ladder - fal = NOISE: null
+    ingest(group)
+    rows = _by_claim(verdicts.compute([group]))
+    ladder = rows[("ladder_vs_baseline", "ladder vs baseline")]
+    ref = stats.paired_t([0.04 + NOISE[(s + 1) % 5] for s in range(5)])
+    assert ladder.effect == pytest.approx(0.04) and ladder.p == pytest.approx(ref.p)
+    assert ladder.direction == "either" and ladder.verdict == stats.HOLDS
+    null = rows[("fal_ladder_vs_fal", "fal_ladder vs fal")]
+    assert null.effect == pytest.approx(0.0, abs=1e-12) and null.verdict == stats.INCONCLUSIVE
