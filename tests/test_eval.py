@@ -257,6 +257,16 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, corpus, args, message):
     assert not list(run.glob("evals-*"))
 
 
+def test_a_run_folder_outside_a_group_is_written_and_says_so(tmp_path, corpus):
+    loose = make_run(tmp_path / "results" / "g", "r", corpus).rename(tmp_path / "loose")
+    pairs = tmp_path / "mine.jsonl"
+    pairs.write_text(json.dumps({"sentence_good": "the cat sat", "sentence_bad": "cat the sat"}) + "\n")
+    done = falstudy("eval", str(loose), "--heldout", "none", "--pairs", str(pairs), "-q", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert [p.name for p in loose.glob("evals-*.parquet")] == ["evals-pairs-mine-step000007.parquet"]
+    assert "not written" not in done.stdout and f"written to {loose}" in done.stdout, done.stdout
+
+
 def test_a_missing_tokenizer_folder_says_to_pass_data(tmp_path, corpus):
     run = make_run(tmp_path / "results" / "g", "r", tmp_path / "gone")
     done = falstudy("eval", str(run), "--heldout", "none", "--pairs", "none", "-q", cwd=tmp_path)
