@@ -257,6 +257,27 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, corpus, args, message):
     assert not list(run.glob("evals-*"))
 
 
+def test_a_run_folder_outside_a_group_is_written_and_says_so(tmp_path, corpus):
+    loose = make_run(tmp_path / "results" / "g", "r", corpus).rename(tmp_path / "loose")
+    pairs = tmp_path / "mine.jsonl"
+    pairs.write_text(json.dumps({"sentence_good": "the cat sat", "sentence_bad": "cat the sat"}) + "\n")
+    done = falstudy("eval", str(loose), "--heldout", "none", "--pairs", str(pairs), "-q", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert [p.name for p in loose.glob("evals-*.parquet")] == ["evals-pairs-mine-step000007.parquet"]
+    assert "not written" not in done.stdout and f"written to {loose}" in done.stdout, done.stdout
+
+
+def test_two_pair_files_with_one_stem_are_refused(tmp_path, corpus):
+    run = make_run(tmp_path / "results" / "g", "r", corpus)
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "items.jsonl").write_text(json.dumps({"sentence_good": "a b", "sentence_bad": "b a"}) + "\n")
+    done = falstudy("eval", str(run), "--heldout", "none", "--pairs", "a/items.jsonl", "--pairs", "b/items.jsonl",
+                    "-q", cwd=tmp_path)
+    assert done.returncode == 2 and "would both be task 'items'" in done.stderr, done.stderr
+    assert not list(run.glob("evals-*"))
+
+
 def test_a_missing_tokenizer_folder_says_to_pass_data(tmp_path, corpus):
     run = make_run(tmp_path / "results" / "g", "r", tmp_path / "gone")
     done = falstudy("eval", str(run), "--heldout", "none", "--pairs", "none", "-q", cwd=tmp_path)

@@ -41,7 +41,7 @@ def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     return proc
 
 
-@pytest.mark.parametrize("variant", ["baseline", "fal", "fal_ladder"])
+@pytest.mark.parametrize("variant", ["baseline", "fal", "ladder", "fal_ladder"])
 def test_tp2_trains_like_one_process_and_counts_its_all_reduces(corpus, tmp_path, variant):
     steps = 10
     ok(train_cli(corpus, tmp_path, "--variant", variant, "--steps", str(steps), name="one"))

@@ -104,8 +104,11 @@ def register(app: typer.Typer) -> None:
 
             print_table(table, 1000, echo=typer.echo)
         n_rows = sum(len(r.rows) for r in done)
-        if no_write or group is None:
-            where = "not written (--no-write)" if no_write else "not written (not a run folder)"
+        if no_write:
+            where = "not written (--no-write)"
+        elif group is None:  # run_evals writes into a run folder's spool, a checkpoint file has none
+            where = (f"written to {runs[0]}/evals-*.parquet (not in a results group: not ingested)"
+                     if runs[0].is_dir() and n_rows else "not written (not a run folder)")
         else:
             from falstudy.store import ingest
 

@@ -101,6 +101,14 @@ def check_sources(pairs: Iterable[str], choices: Iterable[str]) -> None:
             read_pairs(name)
     for path in choices:
         read_choices(path)
+    # a file's task name is its stem: two files of one kind with one stem would be stored as one task
+    for kind, names in (("pair", [n for n in pairs if not n.startswith(WORDSWAP)]), ("choice", list(choices))):
+        seen: dict[str, str] = {}
+        for name in names:
+            task = _task_name(name)
+            if task in seen and Path(seen[task]).resolve() != Path(name).resolve():
+                raise FalstudyError(f"{kind} files {seen[task]} and {name} would both be task {task!r}: rename one")
+            seen[task] = name
 
 
 def run_evals(

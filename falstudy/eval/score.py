@@ -13,9 +13,8 @@ its first target (the same context the trainer's validation loss sees).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -104,7 +103,3 @@ class Scorer:
                 if progress is not None:
                     progress(len(chunk))
         return [Score(lp, len(c), g) for lp, g, (_, c) in zip(logprob, greedy, pairs)]
-
-    def n_windows(self, pairs: Iterable[tuple[list[int], list[int]]]) -> int:
-        """How many model windows ``score_ids`` will run for these requests (for progress bars)."""
-        return sum(math.ceil(len(c) / self.block) for _, c in pairs)

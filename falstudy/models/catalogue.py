@@ -56,7 +56,6 @@ CATALOGUE: tuple[SiteSpec, ...] = (
              "ladder: reads the stream with the last module's output added"),
 )
 
-BY_KIND: dict[str, SiteSpec] = {s.kind: s for s in CATALOGUE}
 MODULES: tuple[str, ...] = tuple(dict.fromkeys(s.module for s in CATALOGUE if s.per_block))
 
 
