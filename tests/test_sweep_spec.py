@@ -323,3 +323,34 @@ def test_the_trial_contract_round_trips_and_names_every_attribute(tmp_path):
         queued_attrs({}, sed=1)
     assert TrialAttrs.of(trial) == TrialAttrs(run_id="r", seed=0)
     assert typing.get_args(MetricName) == tuple(METRICS) and typing.get_args(SamplerKind) == SAMPLERS
+
+
+def test_the_journal_study_lock_outlives_its_grace_period_while_held_and_breaks_a_dead_holders(tmp_path, monkeypatch):
+    import threading
+
+    from falstudy.sweep import study as S
+
+    monkeypatch.setattr(S, "JOURNAL_LOCK_GRACE_S", 2.0)  # the holder below keeps it 3 grace periods
+    path = tmp_path / ".optuna.journal.sweep"
+    order, inside = [], threading.Event()
+
+    def slow_holder():
+        with S._journal_lock(path):
+            order.append("a in")
+            inside.set()
+            time.sleep(6.0)
+            order.append("a out")
+
+    holder = threading.Thread(target=slow_holder)
+    holder.start()
+    inside.wait()
+    with S._journal_lock(path):  # waits for a, though a held it past the grace period
+        order.append("b in")
+    holder.join()
+    assert order == ["a in", "a out", "b in"]
+    lock_file = Path(f"{path}.lock")
+    assert not lock_file.exists()
+    lock_file.touch()  # what a holder killed with -9 leaves: a lock file nobody touches
+    with S._journal_lock(path):
+        order.append("c in")
+    assert order[-1] == "c in" and not lock_file.exists()

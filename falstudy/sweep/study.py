@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import time
 import warnings
 from collections import defaultdict
@@ -35,7 +36,9 @@ if TYPE_CHECKING:
     import optuna
 
 JOURNAL_NAME = "optuna.journal"
-JOURNAL_LOCK_GRACE_S = 120  # longer than any holder keeps the study lock (queueing a large grid)
+# a journal's study lock is broken when its file has not been touched for this long; a live holder
+# touches it every JOURNAL_LOCK_GRACE_S / 4, so only a dead holder's lock is ever broken
+JOURNAL_LOCK_GRACE_S = 30
 
 
 def results_group(spec: SweepSpec, results_dir: str | Path | None = None) -> Path:
@@ -223,20 +226,41 @@ def _first_difference(old: Any, new: Any, path: str = "") -> str | None:
 @contextlib.contextmanager
 def study_lock(study: "optuna.Study", url: str, timeout_s: float = 300.0) -> Iterator[None]:
     """Serialise queue changes of one study across processes and hosts. A PostgreSQL advisory lock
-    is released by the server when its holder dies; a journal's lock file after JOURNAL_LOCK_GRACE_S."""
+    is released by the server when its holder dies; a journal's lock file is broken by a waiter
+    once it has gone JOURNAL_LOCK_GRACE_S untouched (its holder died)."""
     if is_postgres(url):
         with _pg_lock(study, url, timeout_s):
             yield
         return
-    # Optuna's O_EXCL lock file, not flock: flock is not safe on every NFS mount (the journal on a
-    # cluster's shared folder); a holder killed with -9 leaves it, removed after the grace period
+    with _journal_lock(Path(url).with_name(f".{Path(url).name}.sweep")):
+        yield
+
+
+@contextlib.contextmanager
+def _journal_lock(path: Path) -> Iterator[None]:
+    """Optuna's O_EXCL lock file, not flock: flock is not safe on every NFS mount (the journal on a
+    cluster's shared folder). Optuna breaks a lock whose file's mtime has not moved for the grace
+    period, so while held a thread touches it: a slow holder keeps it, a dead one loses it."""
+    import threading
+
     from optuna.storages.journal import JournalFileOpenLock
 
-    lock = JournalFileOpenLock(str(Path(url).with_name(f".{Path(url).name}.sweep")), grace_period=JOURNAL_LOCK_GRACE_S)
+    lock = JournalFileOpenLock(str(path), grace_period=JOURNAL_LOCK_GRACE_S)
     lock.acquire()
+    held = threading.Event()
+
+    def keep_alive() -> None:
+        while not held.wait(JOURNAL_LOCK_GRACE_S / 4):
+            with contextlib.suppress(OSError):
+                os.utime(lock._lock_file)
+
+    toucher = threading.Thread(target=keep_alive, name="falstudy-study-lock", daemon=True)
+    toucher.start()
     try:
         yield
     finally:
+        held.set()
+        toucher.join()
         lock.release()
 
 
