@@ -75,3 +75,24 @@ def test_downstream_tables_and_figures(tmp_path):
     fig = downstream.heldout_figure(res)
     assert len(fig.axes) == 2 and {a.get_title() for a in fig.axes} == {"kjv (bpb)", "fortunes (bpb)"}
     assert len(downstream.accuracy_figure(res).axes) == 1
+
+
+def test_downstream_pairs_share_seed_learning_rate_and_size(tmp_path):
+    group = tmp_path / "results" / "g"
+    wide = {"n_layer": 3, "n_embd": 96, "n_head": 4, "steps": 800, "batch_size": 32, "seq_len": 64}
+    for s in range(3):
+        for variant, gap in (("baseline", 0.0), ("fal", -0.05)):
+            _run(group, variant, s, 2.0)
+            _evals(group, variant, s, {"kjv": 3.0 + gap + NOISE[s] * (variant == "fal")}, 0.6)
+            _run(group, variant, s, 2.0, size=wide)  # another size: its own rows, never paired across
+            RunSpool(group / "runs" / f"{variant}-96-s{s}").write_table("evals", [
+                {"run_id": f"{variant}-96-s{s}", "step": 800, "kind": "heldout", "task": "kjv", "metric": "bpb",
+                 "value": 2.0 + 2 * gap, "n": 128}], part="synthetic")
+    _run(group, "fal", 3, 2.0)  # fal's seed 3 has no baseline partner: not in the difference
+    _evals(group, "fal", 3, {"kjv": 9.0}, 0.6)
+    ingest(group)
+    table = downstream.heldout_table(Results(group))
+    fal = table[table["variant"] == "fal"].set_index("size")["vs_baseline"]
+    pairs = table[table["variant"] == "fal"].set_index("size")["pairs"]
+    assert len(fal) == 2 and sorted(pairs) == [3, 3]
+    assert sorted(fal) == [pytest.approx(-0.1), pytest.approx(-0.05 + sum(NOISE[:3]) / 3)]

@@ -24,14 +24,20 @@ def eval_rows(res: Results, kinds=None, metrics=None) -> "pandas.DataFrame":
     runs only when the runs table is there)."""
     if not res.has("evals"):
         raise MissingTable("evals table", HINT)
+    from falstudy.report.verdicts import SIZE_KEYS
+
     runs = "JOIN runs r ON r.run_id = e.run_id" if res.has("runs") else ""
     variant = "coalesce(r.variant, r.wiring, e.run_id)" if runs else "e.run_id"
     seed = "r.seed" if runs else "CAST(NULL AS BIGINT)"
+    # runs pair on seed and learning rate within one size (shape and budget), as the verdicts do
+    lr = "coalesce(r.lr, -1.0)" if runs else "-1.0"
+    size = ("concat_ws('/', " + ", ".join(f"r.{k}" for k in SIZE_KEYS) + ")") if runs else "''"
     where = "WHERE r.status = 'completed'" if runs else ""
     df = res.sql(f"""
         WITH last AS (SELECT run_id, kind, task, metric, max(coalesce(step, -1)) AS s FROM evals
                       GROUP BY ALL)
-        SELECT {variant} AS variant, {seed} AS seed, e.run_id, e.kind, e.task, e.metric, e.value, e.n, e.stderr
+        SELECT {variant} AS variant, {seed} AS seed, {lr} AS lr, {size} AS size, e.run_id, e.kind, e.task,
+               e.metric, e.value, e.n, e.stderr
         FROM evals e JOIN last l ON e.run_id = l.run_id AND e.kind = l.kind AND e.task = l.task
              AND e.metric = l.metric AND coalesce(e.step, -1) = l.s {runs} {where}
         ORDER BY e.kind, e.task, variant, seed""")
@@ -45,26 +51,27 @@ def eval_rows(res: Results, kinds=None, metrics=None) -> "pandas.DataFrame":
 
 
 def summary_table(res: Results, kinds=None, metrics=None) -> "pandas.DataFrame":
-    """Per task, metric and variant: runs, mean, sd, min, max; the difference to baseline and,
-    over the seeds both have, its paired-t 95% interval and p-value."""
+    """Per task, metric, size and variant: runs, mean, sd, min, max; the difference to baseline
+    over the pairs both have (same seed and learning rate; the difference of means where there is
+    no pair) and its paired-t 95% interval and p-value."""
     import pandas as pd
 
     from falstudy import stats
 
     df = eval_rows(res, kinds, metrics)
     out = []
-    for (kind, task, metric), sub in df.groupby(["kind", "task", "metric"], sort=False):
-        by_seed = sub.groupby(["variant", "seed"], dropna=False)["value"].mean()
-        base = by_seed.get("baseline") if "baseline" in sub["variant"].values else None
+    for (kind, task, metric, size), sub in df.groupby(["kind", "task", "metric", "size"], sort=False):
+        by_pair = sub.groupby(["variant", "seed", "lr"], dropna=False)["value"].mean()
+        base = by_pair.get("baseline") if "baseline" in sub["variant"].values else None
         for variant in order(sub["variant"].unique()):
             vals = sub[sub["variant"] == variant]["value"]
-            row = {"kind": kind, "task": task, "metric": metric, "variant": variant, "runs": len(vals),
-                   "mean": vals.mean(), "sd": vals.std() if len(vals) > 1 else 0.0, "min": vals.min(),
-                   "max": vals.max()}
+            row = {"kind": kind, "task": task, "metric": metric, "size": size, "variant": variant,
+                   "runs": len(vals), "mean": vals.mean(), "sd": vals.std() if len(vals) > 1 else 0.0,
+                   "min": vals.min(), "max": vals.max()}
             if base is not None and variant != "baseline":
-                mine = by_seed.get(variant)
-                diffs = [mine[s] - base[s] for s in mine.index if s in base.index]
-                row["vs_baseline"] = row["mean"] - base.mean()
+                mine = by_pair.get(variant)
+                diffs = [mine[k] - base[k] for k in mine.index if k in base.index]
+                row["vs_baseline"] = sum(diffs) / len(diffs) if diffs else row["mean"] - base.mean()
                 row["pairs"] = len(diffs)
                 if len(diffs) >= 2:
                     t = stats.paired_t(diffs)
