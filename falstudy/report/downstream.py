@@ -93,7 +93,7 @@ def _figure(res: Results, what, xlabel: str, title: str, chance: float | None) -
             ax.scatter(vals, [y] * len(vals), color=color(variant), alpha=0.7, s=24, zorder=3, linewidths=0)
             ax.errorbar(vals.mean(), y, xerr=vals.std() if len(vals) > 1 else 0, fmt="D", color="black",
                         capsize=4, markersize=5, zorder=4)
-        if chance is not None:
+        if chance is not None and (sub["kind"] == "pairs").all():  # a choice file's chance is 1/choices
             ax.axvline(chance, color="#999999", linestyle="--", linewidth=1)
         ax.set_yticks(range(len(shown)))
         ax.set_yticklabels(shown if ax is axes[0] else [])
