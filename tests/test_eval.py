@@ -340,3 +340,19 @@ def test_lm_eval_tasks_without_the_extra_say_how_to_install_it(tmp_path, corpus)
                     PYTHONPATH=f"{hidden}{os.pathsep}{REPO}")
     assert done.returncode == 2 and "pip install -e '.[eval]'" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and not list(run.glob("evals-*"))
+
+
+def test_a_wordswap_set_with_no_sentence_to_swap_is_skipped_with_its_reason(monkeypatch):
+    from falstudy.eval import heldout, runner
+
+    monkeypatch.setattr(heldout, "domain_text", lambda domain: "Too short. No. Yes!\n")
+    got = runner._pair_items("wordswap-fortunes", None, 10, 0)
+    assert got == "wordswap-fortunes: fortunes has no sentence of 5 to 15 plain words to swap"
+
+
+def test_a_run_on_a_corpus_of_its_own_keeps_every_held_out_domain():
+    from falstudy.eval.heldout import held_out_domains
+
+    assert held_out_domains(["kjv", "web", "fortunes"], None) == (["kjv", "web", "fortunes"], [])
+    keep, skipped = held_out_domains(["kjv", "web", "fortunes"], "kjv")  # web is the same text, translated
+    assert keep == ["fortunes"] and len(skipped) == 2

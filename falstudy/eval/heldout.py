@@ -33,7 +33,7 @@ def held_out_domains(wanted: list[str], trained_on: str | None) -> tuple[list[st
     for name in wanted:
         if name not in KNOWN_CORPORA:
             raise FalstudyError(f"unknown held-out domain {name!r}; known: {', '.join(KNOWN_CORPORA)}")
-        if name == trained_on or _SAME_TEXT.get(name) == trained_on:
+        if trained_on is not None and trained_on in (name, _SAME_TEXT.get(name)):  # None: a corpus of the user's
             skipped.append(f"{name}: the run was trained on {trained_on}")
         else:
             keep.append(name)

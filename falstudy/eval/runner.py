@@ -78,7 +78,8 @@ def _pair_items(name: str, trained_on: str | None, n_pairs: int, seed: int) -> t
         keep, skipped = held_out_domains([domain], trained_on)
         if not keep:
             return f"{name}: {skipped[0].split(': ', 1)[1]}"
-        return name, wordswap_pairs(domain_text(domain), n_pairs, seed)
+        items = wordswap_pairs(domain_text(domain), n_pairs, seed)
+        return (name, items) if items else f"{name}: {domain} has no sentence of 5 to 15 plain words to swap"
     return _task_name(name), read_pairs(name)
 
 
