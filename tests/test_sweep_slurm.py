@@ -2,7 +2,8 @@
 munged, slurmctld and slurmd of Debian's `slurm-wlm`, which `make slurm` installs and CI runs).
 A 6-cell grid with --slurm 2 --wait; scancel mid-sweep and --resume; a trial left RUNNING by a
 node that died; torchrun inside a task; bad input refused before anything is submitted.
-Skipped, with the reason, only where Slurm is not installed or the daemons cannot run as root."""
+Skipped, with the reason, only where Slurm is not installed or the daemons cannot run as root
+(under CI, where `make test` installs it, that fails instead)."""
 
 from __future__ import annotations
 
