@@ -170,6 +170,11 @@ def collectives_figure(res: Results) -> "Figure":
 
 
 # -- step times ------------------------------------------------------------------------------
+def _bench_title(shape: str, r) -> str:
+    """A panel title for one shape of the tp_step benchmark (``r``: one of its rows)."""
+    return f"falstudy bench tp: '{shape}'\nTP={r['tp']}, L={r['n_layer']}, d={r['n_embd']}, T={r['seq_len']}, B={r['batch']}"
+
+
 def step_times_data(res: Results) -> tuple[dict[str, "pandas.DataFrame"], list[str]]:
     """Panels of measured step times in ms: one per benchmark shape, one per TP degree of the
     timings table. Columns: variant, compute_ms, comm_ms, step_ms, predicted_ms (may be NaN)."""
@@ -181,10 +186,7 @@ def step_times_data(res: Results) -> tuple[dict[str, "pandas.DataFrame"], list[s
     if res.has_bench("tp_step"):
         b = res.bench("tp_step")
         for shape, g in b.groupby("shape", sort=False):
-            r = g.iloc[0]
-            title = (f"falstudy bench tp: '{shape}'\nTP={r['tp']}, L={r['n_layer']}, d={r['n_embd']}, "
-                     f"T={r['seq_len']}, B={r['batch']}")
-            panels[title] = pd.DataFrame({
+            panels[_bench_title(shape, g.iloc[0])] = pd.DataFrame({
                 "variant": g["wiring"], "step_ms": 1e3 * g["step_s"],
                 "compute_ms": 1e3 * g["compute_only_s"],
                 "comm_ms": 1e3 * (g["step_s"] - g["compute_only_s"]).clip(lower=0),
@@ -258,11 +260,9 @@ def overlap_data(res: Results) -> tuple[dict[str, "pandas.DataFrame"], list[str]
         b = res.bench("tp_step")
         if {"comm_in_flight_s", "comm_exposed_s"} <= set(b.columns):
             for shape, g in b.groupby("shape", sort=False):
-                r = g.iloc[0]
                 pred = {"predicted_exposed_ms": 1e3 * g["predicted_exposed_s"], "predicted_hidden_ms": 1e3 * g["predicted_hidden_s"]} \
                     if {"predicted_exposed_s", "predicted_hidden_s"} <= set(g.columns) else {"predicted_exposed_ms": np.nan, "predicted_hidden_ms": np.nan}
-                panels[f"falstudy bench tp: '{shape}'\nTP={r['tp']}, L={r['n_layer']}, d={r['n_embd']}, "
-                       f"T={r['seq_len']}, B={r['batch']}"] = pd.DataFrame({
+                panels[_bench_title(shape, g.iloc[0])] = pd.DataFrame({
                            "variant": g["wiring"], "exposed_ms": 1e3 * g["comm_exposed_s"],
                            "hidden_ms": 1e3 * (g["comm_in_flight_s"] - g["comm_exposed_s"]).clip(lower=0), **pred})
         else:
