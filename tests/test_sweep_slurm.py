@@ -103,7 +103,8 @@ def _wait_for(what, check, limit_s: float = 240):
 
 
 def test_scancel_mid_sweep_then_resume_runs_every_cell_once(cluster, corpus, tmp_path):
-    spec = write_spec(tmp_path, corpus, "cancel", steps=40)
+    # trials long enough (seconds of training) that the one seen running is still running at scancel
+    spec = write_spec(tmp_path, corpus, "cancel", steps=1500)
     proc = sweep(cluster, spec, "--slurm", "2")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     job = (tmp_path / "results" / "cancel" / "sweep" / "slurm" / "jobs.txt").read_text().split()[0]
